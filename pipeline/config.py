@@ -1,0 +1,254 @@
+"""Every default of the pipeline, in one place, validated once at the edge.
+
+Each stage has a frozen dataclass. `from_dict` refuses unknown keys and bad choices with a
+message naming the valid options, so a typo in a config file never passes silently. A run
+directory keeps a JSON copy of the config each stage ran with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.errors import ConfigError
+
+# Languages written without spaces between words: SentencePiece needs a character coverage
+# below 1.0 there, or rare characters each take a vocabulary slot.
+_CJK = {"ja", "zh", "ko", "th"}
+
+
+def default_character_coverage(lang: str) -> float:
+    return 0.9995 if lang.split("-")[0].lower() in _CJK else 1.0
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    model_type: str = "unigram"  # unigram | bpe | char
+    vocab_size: int = 4000  # per language
+    character_coverage: float | None = None  # None: 0.9995 for CJK languages, else 1.0
+    max_tokens: int = 100  # pairs with more pieces than this on either side are dropped
+    input_sentence_size: int = 2_000_000  # SentencePiece samples at most this many lines
+    seed: int = 1234
+
+    def validate(self) -> None:
+        _choice("tokenize.model_type", self.model_type, ("unigram", "bpe", "char"))
+        _positive("tokenize.vocab_size", self.vocab_size, minimum=8)
+        _positive("tokenize.max_tokens", self.max_tokens)
+        if self.character_coverage is not None and not 0.9 <= self.character_coverage <= 1.0:
+            raise ConfigError("tokenize.character_coverage must be between 0.9 and 1.0")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    dim: int = 256
+    window: int = 5  # maximum distance; the effective window is sampled per word (word2vec)
+    negatives: int = 5
+    epochs: int = 5
+    subsample: float = 1e-3  # word2vec's frequent-piece down-sampling threshold; 0 disables it
+    learning_rate: float = 0.025  # linearly decayed to 1e-4 of it, as in word2vec
+    batch_size: int = 4096  # (centre, context) pairs per step
+    extra_src: str | None = None  # optional monolingual text, one sentence a line
+    extra_tgt: str | None = None
+    seed: int = 1234
+
+    def validate(self) -> None:
+        for name in ("dim", "window", "negatives", "epochs", "batch_size"):
+            _positive(f"pretrain.{name}", getattr(self, name))
+        if not 0 <= self.subsample < 1:
+            raise ConfigError("pretrain.subsample must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: str = "gru"  # gru | lstm
+    embed_dim: int = 256
+    units: int = 256  # per direction in the encoder; the decoder has 2 * units
+    layers: int = 1  # encoder layers (bidirectional)
+    attention_units: int = 256
+    dropout: float = 0.2
+    tie_embeddings: bool = True  # share the target embedding with the output projection
+
+    def validate(self) -> None:
+        _choice("model.cell", self.cell, ("gru", "lstm"))
+        for name in ("embed_dim", "units", "layers", "attention_units"):
+            _positive(f"model.{name}", getattr(self, name))
+        if not 0 <= self.dropout < 1:
+            raise ConfigError("model.dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64  # sentences per batch
+    learning_rate: float = 1e-3
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.1
+    patience: int = 4  # epochs without a better dev BLEU before stopping
+    lr_decay: float = 0.5  # multiply the learning rate by this when dev BLEU stalls
+    pretrained: bool = True  # initialise embeddings from the pretrain stage when present
+    freeze_embeddings: bool = False
+    max_len: int = 80  # pieces; longer training pairs are skipped
+    dev_beam: int = 1  # beam size for the per-epoch dev BLEU (1 = greedy, fast)
+    seed: int = 1234
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "max_len", "dev_beam"):
+            _positive(f"train.{name}", getattr(self, name))
+        if self.learning_rate <= 0 or self.clip_norm <= 0:
+            raise ConfigError("train.learning_rate and train.clip_norm must be positive")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("train.label_smoothing must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    strategy: str = "beam"  # greedy | beam | sample
+    beam: int = 5
+    length_penalty: float = 1.0  # alpha in score / length ** alpha; 0 = raw log-probability
+    max_len_ratio: float = 2.0  # output pieces <= ratio * source pieces + 10
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = sample from the whole distribution
+    batch_size: int = 64
+    n_best: int = 1
+    seed: int = 1234
+
+    def validate(self) -> None:
+        _choice("decode.strategy", self.strategy, ("greedy", "beam", "sample"))
+        for name in ("beam", "batch_size", "n_best"):
+            _positive(f"decode.{name}", getattr(self, name))
+        if self.n_best > self.beam and self.strategy == "beam":
+            raise ConfigError(f"decode.n_best ({self.n_best}) cannot exceed the beam ({self.beam})")
+        if self.temperature <= 0:
+            raise ConfigError("decode.temperature must be positive")
+        if self.top_k < 0:
+            raise ConfigError("decode.top_k must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    tokenize: str = "none"  # sacreBLEU tokeniser: none for pre-tokenised data, 13a for raw text
+
+    def validate(self) -> None:
+        _choice("evaluate.tokenize", self.tokenize, ("none", "13a", "intl", "char", "ja-mecab", "zh"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the corpus lives, for the `pipeline` command."""
+
+    src: str | None = None
+    tgt: str | None = None
+    tsv: str | None = None
+    tsv_src_col: int = 1
+    tsv_tgt_col: int = 0
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+    dev_src: str | None = None
+    dev_tgt: str | None = None
+    test_src: str | None = None
+    test_tgt: str | None = None
+
+    def validate(self) -> None:
+        if not self.tsv and not (self.src and self.tgt):
+            raise ConfigError("data needs either `tsv` or both `src` and `tgt`")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    run: str = "saved_models/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """Build `cls` from a plain dict, refusing unknown keys and wrongly typed values."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name) if _has_defaults(cls) else None
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section [{name}] must be a table")
+            value = from_dict(type(default), value, where=name)
+        else:
+            value = _coerce(f"{where}.{name}" if where else name, value, default)
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            values = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    return from_dict(PipelineConfig, values)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def _has_defaults(cls: type) -> bool:
+    try:
+        cls()
+        return True
+    except TypeError:
+        return False
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+
+
+def _positive(name: str, value: int, minimum: int = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}; got {value}")

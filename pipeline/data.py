@@ -1,0 +1,83 @@
+"""Reading corpora: plain parallel files or a TSV, streamed, strict UTF-8, one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, TextIO
+
+from pipeline.errors import InputError
+
+
+def read_lines(path: str | Path) -> Iterator[str]:
+    """Yield the lines of a UTF-8 text file without their line endings. `-` reads stdin."""
+    if str(path) == "-":
+        yield from _lines(sys.stdin, "<stdin>")
+        return
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not a text file")
+    with path.open("r", encoding="utf-8", newline="") as f:
+        yield from _lines(f, str(path))
+
+
+def _lines(stream: TextIO, name: str) -> Iterator[str]:
+    number = 0
+    try:
+        for number, line in enumerate(stream, 1):
+            yield line.rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{name} is not valid UTF-8 (line {number + 1}, byte {e.start})",
+            hint="convert it first, e.g. `iconv -f SHIFT_JIS -t UTF-8`",
+        ) from None
+
+
+def read_parallel(src: str | Path, tgt: str | Path) -> Iterator[tuple[str, str]]:
+    """Yield (source, target) line pairs, refusing files of different lengths."""
+    yield from _zip_strict(read_lines(src), read_lines(tgt), src, tgt)
+
+
+def _zip_strict(a: Iterable[str], b: Iterable[str], a_name, b_name) -> Iterator[tuple[str, str]]:
+    a_it, b_it = iter(a), iter(b)
+    n = 0
+    while True:
+        x = next(a_it, None)
+        y = next(b_it, None)
+        if x is None and y is None:
+            return
+        if x is None or y is None:
+            a_count = n + (x is not None) + sum(1 for _ in a_it)
+            b_count = n + (y is not None) + sum(1 for _ in b_it)
+            raise InputError(
+                f"parallel files differ in length: {a_name} has {a_count} lines, "
+                f"{b_name} has {b_count}"
+            )
+        n += 1
+        yield x, y
+
+
+def read_tsv(path: str | Path, src_col: int, tgt_col: int) -> Iterator[tuple[str, str]]:
+    """Yield (source, target) pairs from tab-separated columns (0-based)."""
+    needed = max(src_col, tgt_col) + 1
+    for number, line in enumerate(read_lines(path), 1):
+        if not line.strip():
+            yield "", ""
+            continue
+        cols = line.split("\t")
+        if len(cols) < needed:
+            raise InputError(
+                f"{path} line {number} has {len(cols)} tab-separated column(s); "
+                f"need at least {needed} (columns {src_col} and {tgt_col})"
+            )
+        yield cols[src_col].strip(), cols[tgt_col].strip()
+
+
+def guess_lang(path: str | Path | None, fallback: str) -> str:
+    """`train.ja` -> `ja`; anything without a short language suffix gives `fallback`."""
+    if path is None:
+        return fallback
+    suffix = Path(str(path)).suffix.lstrip(".")
+    return suffix if 2 <= len(suffix) <= 3 and suffix.isalpha() else fallback

@@ -1,0 +1,25 @@
+"""Typed errors raised by the library; only `cli.py` turns them into exit codes."""
+
+
+class PipelineError(Exception):
+    """A problem the user can fix: a one-line message and an optional hint."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class InputError(PipelineError):
+    """A user-supplied file is missing, unreadable or malformed."""
+
+
+class ConfigError(PipelineError):
+    """An option or config key is unknown or has an invalid value."""
+
+
+class StageError(PipelineError):
+    """A run directory lacks a stage's output, or holds outputs that do not match."""

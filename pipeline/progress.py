@@ -1,0 +1,17 @@
+"""Progress bars and logging on stderr, quiet when stderr is not a terminal."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Iterable, TypeVar
+
+from tqdm import tqdm
+
+log = logging.getLogger("pipeline")
+T = TypeVar("T")
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterable[T]:
+    return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr,
+                disable=not sys.stderr.isatty(), leave=False, dynamic_ncols=True)

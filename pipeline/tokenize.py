@@ -1,0 +1,212 @@
+"""Stage 1: train one SentencePiece model per language and encode the training pairs.
+
+Outputs in `RUN/tokenize/`: `spm.src.model`, `spm.tgt.model` (and their `.vocab`), and
+`train.npz` holding each side's piece ids as one flat int32 array plus offsets. Id 0 is padding,
+1 unknown, 2 begin and 3 end of sentence, the same for every language.
+"""
+
+from __future__ import annotations
+
+import re
+from array import array
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import sentencepiece as spm
+
+from pipeline.artifacts import Run, atomic_path
+from pipeline.config import TokenizeConfig, default_character_coverage
+from pipeline.data import read_parallel, read_tsv
+from pipeline.errors import InputError, PipelineError
+from pipeline.progress import log, progress
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+SIDES = ("src", "tgt")
+STAGE = "tokenize"
+# SentencePiece silently skips training lines longer than this many bytes; we count them instead.
+MAX_LINE_BYTES = 4192
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+
+
+def tokenize(
+    run: Run,
+    config: TokenizeConfig,
+    src: str | None = None,
+    tgt: str | None = None,
+    tsv: str | None = None,
+    tsv_src_col: int = 1,
+    tsv_tgt_col: int = 0,
+    src_lang: str = "src",
+    tgt_lang: str = "tgt",
+) -> dict[str, Any]:
+    """Run the stage; return its report (also stored in the manifest)."""
+    config.validate()
+    if tsv:
+        pairs = read_tsv(tsv, tsv_src_col, tsv_tgt_col)
+        inputs = {"tsv": tsv}
+    elif src and tgt:
+        pairs = read_parallel(src, tgt)
+        inputs = {"src": src, "tgt": tgt}
+    else:
+        raise InputError("give either --tsv FILE or both --src and --tgt")
+
+    out = run.begin(STAGE)
+    langs = {"src": src_lang, "tgt": tgt_lang}
+    clean = {side: out / f".clean.{side}.txt" for side in SIDES}
+    try:
+        counts = _write_clean(pairs, clean)
+        if counts["kept"] == 0:
+            raise InputError("no usable sentence pairs: every pair had an empty side or was too long")
+        report: dict[str, Any] = {"pairs_read": counts["read"], "languages": langs}
+        for side in SIDES:
+            report[side] = _train_spm(clean[side], out / f"spm.{side}", langs[side], config)
+        processors = {side: load_processor(out / f"spm.{side}.model") for side in SIDES}
+        kept, too_long = _encode(clean, processors, out / "train.npz", config.max_tokens)
+    finally:
+        for path in clean.values():
+            path.unlink(missing_ok=True)
+
+    report.update(
+        kept=kept,
+        dropped_empty=counts["empty"],
+        dropped_too_long=counts["too_long"] + too_long,
+    )
+    if report["dropped_empty"] or report["dropped_too_long"]:
+        log.warning(
+            "dropped %d pair(s) with an empty side and %d too long (> %d pieces or %d bytes)",
+            report["dropped_empty"], report["dropped_too_long"], config.max_tokens, MAX_LINE_BYTES,
+        )
+    outputs = ["train.npz"] + [f"spm.{s}.{ext}" for s in SIDES for ext in ("model", "vocab")]
+    run.finish(STAGE, asdict(config), inputs, outputs, extra={"report": report})
+    return report
+
+
+def _write_clean(pairs: Iterable[tuple[str, str]], paths: dict[str, Path]) -> dict[str, int]:
+    counts = {"read": 0, "kept": 0, "empty": 0, "too_long": 0}
+    with paths["src"].open("w", encoding="utf-8") as fs, paths["tgt"].open("w", encoding="utf-8") as ft:
+        for s, t in progress(pairs, "reading", unit="pairs"):
+            counts["read"] += 1
+            s, t = _normalise_space(s), _normalise_space(t)
+            if not s or not t:
+                counts["empty"] += 1
+            elif max(len(s.encode()), len(t.encode())) > MAX_LINE_BYTES:
+                counts["too_long"] += 1
+            else:
+                counts["kept"] += 1
+                fs.write(s + "\n")
+                ft.write(t + "\n")
+    return counts
+
+
+def _normalise_space(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _train_spm(corpus: Path, prefix: Path, lang: str, config: TokenizeConfig) -> dict[str, Any]:
+    coverage = config.character_coverage or default_character_coverage(lang)
+    requested = config.vocab_size
+    vocab_size = requested
+    for attempt in range(3):
+        try:
+            _spm_train(corpus, prefix, vocab_size, coverage, config)
+            break
+        except RuntimeError as e:
+            match = _TOO_HIGH.search(str(e))
+            if not match or attempt == 2:
+                raise PipelineError(f"SentencePiece failed for {lang}: {str(e).splitlines()[-1]}") from None
+            largest = int(match.group(2))
+            if largest < 8:
+                raise InputError(
+                    f"the {lang} side is too small for a vocabulary (SentencePiece allows at most {largest})"
+                ) from None
+            vocab_size = largest
+    if vocab_size != requested:
+        log.warning(
+            "%s: vocabulary size %d is larger than this corpus supports; using %d",
+            lang, requested, vocab_size,
+        )
+    size = load_processor(f"{prefix}.model").get_piece_size()
+    return {"lang": lang, "vocab_size": size, "requested_vocab_size": requested,
+            "model_type": config.model_type, "character_coverage": coverage}
+
+
+def _spm_train(corpus: Path, prefix: Path, vocab_size: int, coverage: float, config: TokenizeConfig) -> None:
+    # SentencePiece writes PREFIX.model and PREFIX.vocab itself; train under a temporary prefix
+    # and rename, so an interrupted run never leaves a model that looks finished.
+    tmp_prefix = prefix.with_name(f".{prefix.name}.partial")
+    spm.set_random_generator_seed(config.seed)
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_prefix),
+        vocab_size=vocab_size,
+        model_type=config.model_type,
+        character_coverage=coverage,
+        input_sentence_size=config.input_sentence_size,
+        shuffle_input_sentence=True,
+        seed_sentencepiece_size=1_000_000,
+        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+        num_threads=2,
+        minloglevel=2,
+    )
+    for ext in ("model", "vocab"):
+        Path(f"{tmp_prefix}.{ext}").replace(f"{prefix}.{ext}")
+
+
+def _encode(clean: dict[str, Path], processors: dict[str, spm.SentencePieceProcessor],
+            path: Path, max_tokens: int) -> tuple[int, int]:
+    ids = {side: array("i") for side in SIDES}
+    lengths = {side: array("i") for side in SIDES}
+    kept = too_long = 0
+    with clean["src"].open(encoding="utf-8") as fs, clean["tgt"].open(encoding="utf-8") as ft:
+        for batch in _batches(zip(fs, ft), 1024):
+            encoded = {side: processors[side].encode([p[i].rstrip("\n") for p in batch])
+                       for i, side in enumerate(SIDES)}
+            for s_ids, t_ids in zip(encoded["src"], encoded["tgt"]):
+                if max(len(s_ids), len(t_ids)) > max_tokens:
+                    too_long += 1
+                    continue
+                kept += 1
+                for side, seq in (("src", s_ids), ("tgt", t_ids)):
+                    ids[side].extend(seq)
+                    lengths[side].append(len(seq))
+    arrays = {}
+    for side in SIDES:
+        arrays[f"{side}_ids"] = np.frombuffer(ids[side], dtype=np.int32)
+        arrays[f"{side}_offsets"] = np.concatenate([[0], np.cumsum(lengths[side], dtype=np.int64)])
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+    return kept, too_long
+
+
+def _batches(iterable, size):
+    batch = []
+    for item in iterable:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def load_processor(path: str | Path) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_file=str(path))
+
+
+def load_tokenizers(run: Run, needed_by: str) -> tuple[dict[str, spm.SentencePieceProcessor], dict]:
+    """The run's two SentencePiece processors, after checking the tokenize stage finished intact."""
+    manifest = run.verify(STAGE, ["spm.src.model", "spm.tgt.model"], needed_by=needed_by)
+    return {side: load_processor(run.path(STAGE, f"spm.{side}.model")) for side in SIDES}, manifest
+
+
+def load_encoded(run: Run, needed_by: str) -> dict[str, list[np.ndarray]]:
+    """The encoded training pairs: {"src": [ids, ...], "tgt": [ids, ...]}."""
+    run.verify(STAGE, ["train.npz"], needed_by=needed_by)
+    with np.load(run.path(STAGE, "train.npz")) as z:
+        out = {}
+        for side in SIDES:
+            flat, offsets = z[f"{side}_ids"], z[f"{side}_offsets"]
+            out[side] = np.split(flat, offsets[1:-1])
+    return out
