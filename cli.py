@@ -94,5 +94,202 @@ def tokenize(
     _print_json(_guard(go))
 
 
+@app.command()
+def pretrain(
+    run: Path = RunOpt,
+    dim: int = typer.Option(256, help="Vector size; must equal train's --embed-dim to be used."),
+    window: int = typer.Option(5, help="Largest context distance (sampled per word, as word2vec does)."),
+    negatives: int = typer.Option(5, help="Negative samples per (centre, context) pair."),
+    epochs: int = typer.Option(5),
+    subsample: float = typer.Option(1e-3, help="Down-sampling threshold of frequent pieces; 0 disables."),
+    extra_src: Optional[Path] = typer.Option(None, help="Extra monolingual source-language text."),
+    extra_tgt: Optional[Path] = typer.Option(None, help="Extra monolingual target-language text."),
+    seed: int = typer.Option(1234),
+):
+    """Train word2vec (skip-gram, negative sampling) embeddings of each side's pieces."""
+    from pipeline.artifacts import Run
+    from pipeline.config import PretrainConfig
+    from pipeline.pretrain import pretrain as stage
+
+    def go():
+        config = PretrainConfig(dim=dim, window=window, negatives=negatives, epochs=epochs, subsample=subsample,
+                                extra_src=extra_src and str(extra_src), extra_tgt=extra_tgt and str(extra_tgt),
+                                seed=seed)
+        config.validate()
+        return stage(Run.at(run), config)
+
+    _print_json(_guard(go))
+
+
+@app.command()
+def train(
+    run: Path = RunOpt,
+    dev_src: Optional[Path] = typer.Option(None, help="Dev source text (default: hold out 500 training pairs)."),
+    dev_tgt: Optional[Path] = typer.Option(None, help="Dev target text, line-aligned with --dev-src."),
+    epochs: int = typer.Option(20, help="Most epochs; early stopping may end sooner."),
+    batch_size: int = typer.Option(64, help="Sentences per batch."),
+    embed_dim: int = typer.Option(256),
+    units: int = typer.Option(256, help="RNN units (encoder: per direction; decoder)."),
+    cell: str = typer.Option("gru", help="gru or lstm."),
+    layers: int = typer.Option(1, help="Bidirectional encoder layers."),
+    dropout: float = typer.Option(0.2),
+    learning_rate: float = typer.Option(1e-3),
+    label_smoothing: float = typer.Option(0.1),
+    clip_norm: float = typer.Option(1.0, help="Global gradient-norm clipping."),
+    patience: int = typer.Option(4, help="Epochs without a better dev BLEU before stopping."),
+    tie_embeddings: bool = typer.Option(True, help="Share the target embedding with the output layer."),
+    pretrained: bool = typer.Option(True, help="Initialise embeddings from the pretrain stage if it ran."),
+    freeze_embeddings: bool = typer.Option(False, help="Keep pretrained embeddings fixed."),
+    bleu_tokenize: str = typer.Option("13a", help="sacreBLEU tokenisation for the dev BLEU."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its last epoch."),
+    seed: int = typer.Option(1234),
+):
+    """Train the encoder-decoder with Bahdanau attention; keep the best model by dev BLEU."""
+    from pipeline.artifacts import Run
+    from pipeline.config import ModelConfig, TrainConfig
+    from pipeline.train import train as stage
+
+    def go():
+        model = ModelConfig(cell=cell, embed_dim=embed_dim, units=units, layers=layers, dropout=dropout,
+                            tie_embeddings=tie_embeddings)
+        config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                             clip_norm=clip_norm, label_smoothing=label_smoothing, patience=patience,
+                             pretrained=pretrained, freeze_embeddings=freeze_embeddings, seed=seed)
+        return stage(Run.at(run), model, config, dev_src=dev_src and str(dev_src),
+                     dev_tgt=dev_tgt and str(dev_tgt), resume=resume, bleu_tokenize=bleu_tokenize)
+
+    _print_json(_guard(go))
+
+
+def _decode_config(greedy: bool, beam: int, sample: bool, temperature: float, top_k: int,
+                   length_penalty: float, n_best: int, batch_size: int, seed: int):
+    from pipeline.config import DecodeConfig
+    from pipeline.errors import ConfigError
+
+    if greedy and sample:
+        raise ConfigError("choose one of --greedy, --sample or --beam")
+    strategy = "greedy" if greedy else "sample" if sample else "beam"
+    config = DecodeConfig(strategy=strategy, beam=beam, length_penalty=length_penalty, temperature=temperature,
+                          top_k=top_k, batch_size=batch_size, n_best=n_best, seed=seed)
+    config.validate()
+    return config
+
+
+GreedyOpt = typer.Option(False, "--greedy", help="Greedy search.")
+BeamOpt = typer.Option(5, "--beam", help="Beam size (the default strategy).")
+SampleOpt = typer.Option(False, "--sample", help="Sample from the model instead of searching.")
+TemperatureOpt = typer.Option(1.0, help="Sampling temperature.")
+TopKOpt = typer.Option(0, help="Sample among the k likeliest pieces (0: all).")
+LengthPenaltyOpt = typer.Option(1.0, help="Beam scores are log p / length**alpha.")
+DecodeBatchOpt = typer.Option(64, "--batch-size", help="Sentences decoded together.")
+
+
+@app.command()
+def translate(
+    run: Path = RunOpt,
+    input: Path = typer.Option(Path("-"), "--input", "-i", help="Source text, one sentence a line; - for stdin."),
+    output: Path = typer.Option(Path("-"), "--output", "-o", help="Where translations go; - for stdout."),
+    greedy: bool = GreedyOpt,
+    beam: int = BeamOpt,
+    sample: bool = SampleOpt,
+    temperature: float = TemperatureOpt,
+    top_k: int = TopKOpt,
+    length_penalty: float = LengthPenaltyOpt,
+    n_best: int = typer.Option(1, help="With --format jsonl: the n best hypotheses of the beam."),
+    batch_size: int = DecodeBatchOpt,
+    format: str = typer.Option("text", "--format", help="text, or jsonl (translation, score, ...)."),
+    attention: bool = typer.Option(False, help="With --format jsonl: include attention weights."),
+    seed: int = typer.Option(1234, help="Seed for --sample."),
+):
+    """Translate sentences, one per line, keeping the order; an empty line stays empty."""
+    from pipeline.artifacts import Run, atomic_path
+    from pipeline.data import read_lines
+    from pipeline.errors import ConfigError
+    from pipeline.translate import Translator
+
+    def go():
+        if format not in ("text", "jsonl"):
+            raise ConfigError(f"--format must be text or jsonl; got {format!r}")
+        if (attention or n_best > 1) and format != "jsonl":
+            raise ConfigError("--attention and --n-best need --format jsonl")
+        config = _decode_config(greedy, beam, sample, temperature, top_k, length_penalty, n_best, batch_size, seed)
+        translator = Translator.load(Run.at(run))
+        lines = read_lines(input)
+        if str(input) != "-":
+            lines = list(lines)  # read it all first: a bad file fails before any output
+        hyps = translator.translate(lines, config, attention=attention)
+
+        def render(h):
+            if format == "text":
+                return h.text
+            return json.dumps(h.to_json(nbest=n_best > 1, attention=attention), ensure_ascii=False)
+
+        if str(output) == "-":
+            for h in hyps:
+                sys.stdout.write(render(h) + "\n")
+                sys.stdout.flush()
+        else:
+            with atomic_path(output) as tmp, tmp.open("w", encoding="utf-8") as f:
+                for h in hyps:
+                    f.write(render(h) + "\n")
+
+    _guard(go)
+
+
+@app.command()
+def evaluate(
+    run: Path = RunOpt,
+    src: Path = typer.Option(..., help="Test source text."),
+    ref: Path = typer.Option(..., help="Reference translations, line-aligned with --src."),
+    tokenize: str = typer.Option("none", help="BLEU tokenisation: none (pre-tokenised data) or 13a (raw text), ..."),
+    greedy: bool = GreedyOpt,
+    beam: int = BeamOpt,
+    length_penalty: float = LengthPenaltyOpt,
+    batch_size: int = DecodeBatchOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report (with hypotheses) as JSON."),
+):
+    """Translate a test set and score it: BLEU (nltk and sacreBLEU, same tokens) and chrF."""
+    from pipeline.artifacts import Run
+    from pipeline.config import EvaluateConfig
+    from pipeline.evaluate import evaluate as stage
+
+    def go():
+        config = _decode_config(greedy, beam, False, 1.0, 0, length_penalty, 1, batch_size, 0)
+        return stage(Run.at(run), str(src), str(ref), config, EvaluateConfig(tokenize=tokenize))
+
+    report = _guard(go)
+    if as_json:
+        _print_json(report)
+    else:
+        typer.echo(f"BLEU {report['bleu']:.2f} (nltk)  {report['sacrebleu']:.2f} (sacreBLEU {report['signature']})"
+                   f"  chrF {report['chrf']:.2f}")
+
+
+@app.command()
+def download(
+    corpus: str = typer.Argument("small_parallel_enja", help="Which corpus."),
+    dest: Optional[Path] = typer.Option(None, help="Folder to fill (default: data/CORPUS)."),
+    from_dir: Optional[Path] = typer.Option(None, "--from", help="Copy from a local folder instead."),
+    base_url: Optional[str] = typer.Option(None, help="Fetch from this URL prefix instead (a mirror)."),
+):
+    """Fetch a known corpus, each file checked against its pinned sha256."""
+    from pipeline.download import download as stage
+
+    _print_json(_guard(lambda: stage(corpus, dest or Path("data") / corpus, base_url=base_url,
+                                     source_dir=from_dir)))
+
+
+@app.command()
+def pipeline(
+    config: Path = typer.Option(..., "--config", help="TOML file with [data], [tokenize], [train], ... sections."),
+    force: bool = typer.Option(False, help="Rerun every stage, even those that are up to date."),
+):
+    """Run every stage from one config file, skipping those whose inputs and settings are unchanged."""
+    from pipeline.config import load_pipeline_config
+    from pipeline.runner import run_pipeline
+
+    _print_json(_guard(lambda: run_pipeline(load_pipeline_config(config), force=force)))
+
+
 if __name__ == "__main__":
     app()

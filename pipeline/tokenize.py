@@ -27,6 +27,7 @@ SIDES = ("src", "tgt")
 STAGE = "tokenize"
 # SentencePiece silently skips training lines longer than this many bytes; we count them instead.
 MAX_LINE_BYTES = 4192
+_TOO_LOW = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
 
@@ -113,6 +114,13 @@ def _train_spm(corpus: Path, prefix: Path, lang: str, config: TokenizeConfig) ->
             _spm_train(corpus, prefix, vocab_size, coverage, config)
             break
         except RuntimeError as e:
+            too_low = _TOO_LOW.search(str(e))
+            if too_low:
+                raise InputError(
+                    f"vocabulary size {vocab_size} is below the {too_low.group(2)} pieces that the {lang} "
+                    f"characters need; use --vocab-size {int(too_low.group(2)) + 8} or more, or a lower "
+                    "--character-coverage"
+                ) from None
             match = _TOO_HIGH.search(str(e))
             if not match or attempt == 2:
                 raise PipelineError(f"SentencePiece failed for {lang}: {str(e).splitlines()[-1]}") from None

@@ -1,0 +1,54 @@
+"""Bahdanau (additive) attention, Bahdanau, Cho & Bengio (2015), appendix A.1.2.
+
+    e_tj = vᵀ tanh(W₂ s_{t-1} + W₁ h_j)        (score, their v_aᵀ tanh(W_a s_{i-1} + U_a h_j))
+    α_tj = softmax_j(e_tj) over real source tokens
+    c_t  = Σ_j α_tj h_j
+
+W₁ h_j does not depend on the decoder step, so `project_keys` computes it once per source
+sentence; each step only projects the query.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class BahdanauAttention(keras.layers.Layer):
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.key_projection = keras.layers.Dense(units, use_bias=False, name="W1")
+        self.query_projection = keras.layers.Dense(units, use_bias=True, name="W2")
+        self.score_vector = keras.layers.Dense(1, use_bias=False, name="v")
+
+    def build(self, query_shape, values_shape):
+        for layer, shape in ((self.key_projection, values_shape), (self.query_projection, query_shape),
+                             (self.score_vector, (None, None, self.units))):
+            if not layer.built:  # project_keys may have built W1 already
+                layer.build(shape)
+        self.built = True
+
+    def project_keys(self, values):
+        """W₁ h_j for every source position: (batch, src_len, 2*units) -> (batch, src_len, att_units)."""
+        return self.key_projection(values)
+
+    def call(self, query, keys, values, mask):
+        """One decoder step's attention.
+
+        query:  (batch, dec_units)           s_{t-1}
+        keys:   (batch, src_len, att_units)  W₁ h_j from `project_keys`
+        values: (batch, src_len, enc_dim)    h_j
+        mask:   (batch, src_len) bool        True on real source tokens
+        returns context (batch, enc_dim) and weights (batch, src_len), zero on padding.
+        """
+        projected_query = ops.expand_dims(self.query_projection(query), 1)  # (batch, 1, att_units)
+        scores = ops.squeeze(self.score_vector(ops.tanh(keys + projected_query)), -1)  # (batch, src_len)
+        scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
+        weights = ops.softmax(scores, axis=-1)
+        context = ops.einsum("bs,bsd->bd", weights, values)
+        return context, weights
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}

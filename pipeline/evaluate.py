@@ -1,0 +1,60 @@
+"""Stage 5: translate a test set with the run's best model and score it against references.
+
+Writes `RUN/evaluate/hypotheses.txt` and `report.json` (BLEU from nltk and sacreBLEU on the same
+tokens, sacreBLEU's signature, chrF, the decoding settings, timings, the hypotheses).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from pipeline import bleu
+from pipeline.artifacts import Run, write_json_atomic, write_text_atomic
+from pipeline.config import DecodeConfig, EvaluateConfig
+from pipeline.data import read_parallel
+from pipeline.errors import InputError
+from pipeline.progress import progress
+from pipeline.translate import Translator
+
+STAGE = "evaluate"
+
+
+def evaluate(run: Run, src: str, ref: str, decode: DecodeConfig, config: EvaluateConfig) -> dict[str, Any]:
+    decode.validate()
+    config.validate()
+    pairs = list(read_parallel(src, ref))
+    if not pairs:
+        raise InputError(f"{src} is empty: nothing to evaluate")
+    sources, references = [s for s, _ in pairs], [r for _, r in pairs]
+    translator = Translator.load(run, needed_by="evaluate")
+    out = run.begin(STAGE)
+
+    start = time.perf_counter()
+    hypotheses = [h.text for h in progress(translator.translate(sources, decode), "translating",
+                                           total=len(sources), unit="sent")]
+    decode_s = time.perf_counter() - start
+    scores = bleu.score(hypotheses, references, tokenize=config.tokenize)
+
+    report = {
+        "bleu": round(scores["bleu"], 2),
+        "sacrebleu": round(scores["sacrebleu"], 2),
+        "signature": scores["signature"],
+        "chrf": round(scores["chrf"], 2),
+        "tokenize": config.tokenize,
+        "scores": scores,
+        "decode": asdict(decode),
+        "sentences": len(sources),
+        "decode_s": round(decode_s, 2),
+        "sentences_per_s": round(len(sources) / decode_s, 1),
+        "src": str(src),
+        "ref": str(ref),
+        "hypotheses": hypotheses,
+    }
+    write_text_atomic(out / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
+    write_json_atomic(out / "report.json", report)
+    run.finish(STAGE, {"decode": asdict(decode), "evaluate": asdict(config)}, {"src": src, "ref": ref},
+               ["hypotheses.txt", "report.json"],
+               extra={"model": run.output_hash("train", "model.keras")})
+    return report

@@ -1,0 +1,212 @@
+"""The encoder-decoder: a bidirectional RNN encoder and an RNN decoder with Bahdanau attention.
+
+Decoder step t (Bahdanau et al. 2015, with a Luong-style readout):
+
+    c_t, α_t = attention(s_{t-1}, h)                 context from the previous decoder state
+    s_t      = RNN(s_{t-1}, [E y_{t-1}; c_t])        the context is fed into the cell
+    o_t      = tanh(W_o [s_t; c_t; E y_{t-1}])       readout, embed_dim wide
+    p(y_t)   = softmax(E_out o_t + b)                E_out = E (tied) or its own matrix
+
+Training runs the recurrence with teacher forcing in one `tf.scan`; everything that does not
+depend on s_{t-1} (the embedding half of the cell's input projection, the attention keys, the
+readout and the vocabulary projection) is computed for all positions at once outside the loop.
+`decode_step` is the same recurrence for one step, used by greedy, beam and sampling search.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from pipeline.attention import BahdanauAttention
+from pipeline.config import ModelConfig
+from pipeline.tokenize import PAD
+
+
+class Encoded(NamedTuple):
+    """What the decoder needs from the encoder, per source sentence."""
+
+    keys: tf.Tensor  # (batch, src_len, att_units)  W₁ h_j, projected once
+    values: tf.Tensor  # (batch, src_len, 2*units)  h_j
+    mask: tf.Tensor  # (batch, src_len) bool, True on real tokens
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class DecoderCell(keras.layers.Layer):
+    """A GRU or LSTM cell whose input is [E y_{t-1}; c_t].
+
+    The embedding half of the input projection, `project_inputs`, is applied to all target
+    positions at once; each step adds only the context's projection and the recurrent term.
+    The GRU is the reset-after variant (as in cuDNN and Keras).
+    """
+
+    def __init__(self, cell: str, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.cell, self.units = cell, units
+        self.gates = 3 if cell == "gru" else 4
+
+    def build(self, embed_dim: int, context_dim: int):
+        width = self.gates * self.units
+        self.w_input = self.add_weight((embed_dim, width), initializer="glorot_uniform", name="w_input")
+        self.w_context = self.add_weight((context_dim, width), initializer="glorot_uniform", name="w_context")
+        self.w_recurrent = self.add_weight((self.units, width), initializer="orthogonal", name="w_recurrent")
+        bias_init = "zeros"
+        self.b_input = self.add_weight((width,), initializer=bias_init, name="b_input")
+        self.b_recurrent = self.add_weight((width,), initializer=bias_init, name="b_recurrent")
+        if self.cell == "lstm":  # forget-gate bias 1 (Jozefowicz et al. 2015)
+            self.b_recurrent.assign(ops.concatenate([ops.zeros(self.units), ops.ones(self.units),
+                                                     ops.zeros(2 * self.units)]))
+        self.built = True
+
+    def initial_state(self, h0):
+        return (h0,) if self.cell == "gru" else (h0, ops.zeros_like(h0))
+
+    def project_inputs(self, embedded):
+        """(..., embed_dim) -> (..., gates*units)."""
+        return ops.matmul(embedded, self.w_input) + self.b_input
+
+    def call(self, projected_input, context, state):
+        """projected_input (batch, gates*units), context (batch, context_dim), state: tuple of
+        (batch, units) tensors. Returns the new state tuple; its first element is s_t."""
+        x = projected_input + ops.matmul(context, self.w_context)
+        h = state[0]
+        recurrent = ops.matmul(h, self.w_recurrent) + self.b_recurrent
+        if self.cell == "gru":
+            x_z, x_r, x_n = ops.split(x, 3, axis=-1)
+            h_z, h_r, h_n = ops.split(recurrent, 3, axis=-1)
+            z = ops.sigmoid(x_z + h_z)
+            r = ops.sigmoid(x_r + h_r)
+            n = ops.tanh(x_n + r * h_n)
+            return ((1.0 - z) * n + z * h,)
+        i, f, g, o = ops.split(x + recurrent, 4, axis=-1)
+        c = ops.sigmoid(f) * state[1] + ops.sigmoid(i) * ops.tanh(g)
+        return (ops.sigmoid(o) * ops.tanh(c), c)
+
+    def get_config(self):
+        return {**super().get_config(), "cell": self.cell, "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class Seq2Seq(keras.Model):
+    def __init__(self, src_vocab: int, tgt_vocab: int, cell: str = "gru", embed_dim: int = 256,
+                 units: int = 256, layers: int = 1, attention_units: int = 256, dropout: float = 0.2,
+                 tie_embeddings: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
+        self.cell_type, self.embed_dim, self.units, self.num_layers = cell, embed_dim, units, layers
+        self.attention_units, self.dropout_rate, self.tie_embeddings = attention_units, dropout, tie_embeddings
+
+        self.src_embedding = keras.layers.Embedding(src_vocab, embed_dim, name="src_embedding")
+        self.tgt_embedding = keras.layers.Embedding(tgt_vocab, embed_dim, name="tgt_embedding")
+        rnn = keras.layers.GRU if cell == "gru" else keras.layers.LSTM
+        self.encoder_layers = [
+            keras.layers.Bidirectional(rnn(units, return_sequences=True, return_state=True),
+                                       name=f"encoder_{i}")
+            for i in range(layers)
+        ]
+        self.bridge = keras.layers.Dense(units, activation="tanh", name="bridge")
+        self.attention = BahdanauAttention(attention_units, name="attention")
+        self.decoder_cell = DecoderCell(cell, units, name="decoder_cell")
+        self.readout = keras.layers.Dense(embed_dim, activation="tanh", name="readout")
+        self.output_projection = (None if tie_embeddings
+                                  else keras.layers.Dense(tgt_vocab, use_bias=False, name="output_projection"))
+        self.dropout = keras.layers.Dropout(dropout)
+
+    def build(self, input_shape=None):
+        # One forward pass on a dummy batch creates every weight, so `keras.saving.load_model`
+        # can rebuild the model from its config before loading the weights.
+        self.built = True
+        src = ops.ones((1, 2), dtype="int32")
+        self((src, src))
+
+    def build_sublayers(self):
+        if not self.decoder_cell.built:
+            self.decoder_cell.build(self.embed_dim, 2 * self.units)
+            self.attention.build((None, self.units), (None, None, 2 * self.units))
+            self.output_bias = self.add_weight((self.tgt_vocab,), initializer="zeros", name="output_bias")
+
+    # -- encoder ---------------------------------------------------------------------------------
+
+    def encode(self, src, training=False):
+        """src (batch, src_len) int ids, 0 = padding -> (Encoded, initial decoder state)."""
+        self.build_sublayers()
+        mask = ops.not_equal(src, PAD)  # (batch, src_len)
+        x = self.dropout(self.src_embedding(src), training=training)
+        for i, layer in enumerate(self.encoder_layers):
+            if i > 0:
+                x = self.dropout(x, training=training)
+            outputs = layer(x, mask=mask, training=training)
+            x, states = outputs[0], outputs[1:]
+        # states: [h_fwd, h_bwd] (GRU) or [h_fwd, c_fwd, h_bwd, c_bwd] (LSTM)
+        h_fwd, h_bwd = states[0], states[len(states) // 2]
+        h0 = self.bridge(ops.concatenate([h_fwd, h_bwd], axis=-1))  # s_0 = tanh(W_s [→h; ←h])
+        keys = self.attention.project_keys(x)
+        return Encoded(keys, x, mask), self.decoder_cell.initial_state(h0)
+
+    # -- decoder ---------------------------------------------------------------------------------
+
+    def _logits(self, readout):
+        """(..., embed_dim) -> (..., tgt_vocab)."""
+        if self.output_projection is None:
+            return ops.matmul(readout, ops.transpose(self.tgt_embedding.embeddings)) + self.output_bias
+        return self.output_projection(readout) + self.output_bias
+
+    def _readout(self, state_h, context, embedded, training=False):
+        o = self.readout(ops.concatenate([state_h, context, embedded], axis=-1))
+        return self.dropout(o, training=training)
+
+    def decode_teacher_forced(self, encoded: Encoded, state, tgt_in, training=False):
+        """tgt_in (batch, tgt_len) = <s> y_1 … y_{n-1} -> logits (batch, tgt_len, tgt_vocab)."""
+        embedded = self.dropout(self.tgt_embedding(tgt_in), training=training)  # (batch, T, E)
+        projected = self.decoder_cell.project_inputs(embedded)  # (batch, T, gates*units)
+        context0 = ops.zeros_like(encoded.values[:, 0, :])  # (batch, 2*units)
+
+        def step(carry, x_t):
+            state, _ = carry
+            context, _ = self.attention(state[0], encoded.keys, encoded.values, encoded.mask)
+            return self.decoder_cell(x_t, context, state), context
+
+        time_major = tf.transpose(projected, [1, 0, 2])  # (T, batch, gates*units)
+        states, contexts = tf.scan(step, time_major, initializer=(tuple(state), context0))
+        hidden = tf.transpose(states[0], [1, 0, 2])  # (batch, T, units)
+        contexts = tf.transpose(contexts, [1, 0, 2])  # (batch, T, 2*units)
+        return self._logits(self._readout(hidden, contexts, embedded, training))
+
+    def decode_step(self, encoded: Encoded, state, tokens):
+        """One inference step. tokens (batch,) = y_{t-1}; state: tuple of (batch, units).
+
+        Returns log-probabilities (batch, tgt_vocab), the new state and the attention
+        weights (batch, src_len) used for this step.
+        """
+        embedded = self.tgt_embedding(tokens)  # (batch, E)
+        context, weights = self.attention(state[0], encoded.keys, encoded.values, encoded.mask)
+        state = self.decoder_cell(self.decoder_cell.project_inputs(embedded), context, state)
+        logits = self._logits(self._readout(state[0], context, embedded))
+        return ops.log_softmax(logits, axis=-1), state, weights
+
+    def call(self, inputs, training=False):
+        """inputs = (src (batch, src_len), tgt_in (batch, tgt_len)) -> logits (batch, tgt_len, vocab)."""
+        src, tgt_in = inputs
+        encoded, state = self.encode(src, training=training)
+        return self.decode_teacher_forced(encoded, state, tgt_in, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "src_vocab": self.src_vocab, "tgt_vocab": self.tgt_vocab, "cell": self.cell_type,
+            "embed_dim": self.embed_dim, "units": self.units, "layers": self.num_layers,
+            "attention_units": self.attention_units, "dropout": self.dropout_rate,
+            "tie_embeddings": self.tie_embeddings,
+        }
+
+
+def build_model(config: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
+    config.validate()
+    model = Seq2Seq(src_vocab, tgt_vocab, cell=config.cell, embed_dim=config.embed_dim, units=config.units,
+                    layers=config.layers, attention_units=config.attention_units, dropout=config.dropout,
+                    tie_embeddings=config.tie_embeddings)
+    model.build()
+    return model

@@ -1,0 +1,92 @@
+"""`python cli.py pipeline --config FILE`: every stage in order, skipping the up-to-date ones.
+
+A stage is up to date when its manifest records the same settings and the same input files
+(by sha256) as this run would use, and no stage before it reran. `force` reruns everything.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+from pipeline.artifacts import Run, sha256
+from pipeline.config import PipelineConfig
+from pipeline.data import guess_lang
+from pipeline.progress import log
+
+
+def run_pipeline(config: PipelineConfig, force: bool = False) -> dict[str, Any]:
+    from pipeline.evaluate import evaluate
+    from pipeline.pretrain import pretrain
+    from pipeline.tokenize import tokenize
+    from pipeline.train import train
+
+    config.validate()
+    run, data = Run.at(config.run), config.data
+    src_lang = data.src_lang or guess_lang(data.src, "ja")
+    tgt_lang = data.tgt_lang or guess_lang(data.tgt, "en")
+    tok_inputs = {"tsv": data.tsv} if data.tsv else {"src": data.src, "tgt": data.tgt}
+    dev_inputs = {"dev_src": data.dev_src, "dev_tgt": data.dev_tgt} if data.dev_src else {}
+    stages: list[tuple[str, dict, dict, Callable[[], Any]]] = [
+        ("tokenize", asdict(config.tokenize), tok_inputs,
+         lambda: tokenize(run, config.tokenize, src=data.src, tgt=data.tgt, tsv=data.tsv,
+                          tsv_src_col=data.tsv_src_col, tsv_tgt_col=data.tsv_tgt_col,
+                          src_lang=src_lang, tgt_lang=tgt_lang)),
+        ("pretrain", asdict(config.pretrain), {}, lambda: pretrain(run, config.pretrain)),
+        ("train", {"model": asdict(config.model), "train": asdict(config.train),
+                   "bleu_tokenize": config.evaluate.tokenize}, dev_inputs,
+         lambda: train(run, config.model, config.train, dev_src=data.dev_src, dev_tgt=data.dev_tgt,
+                       bleu_tokenize=config.evaluate.tokenize)),
+    ]
+    if data.test_src and data.test_tgt:
+        stages.append(("evaluate", {"decode": asdict(config.decode), "evaluate": asdict(config.evaluate)},
+                       {"src": data.test_src, "ref": data.test_tgt},
+                       lambda: evaluate(run, data.test_src, data.test_tgt, config.decode, config.evaluate)))
+
+    summary: dict[str, Any] = {"run": str(run.root), "stages": {}}
+    upstream_reran = force
+    for name, settings, inputs, go in stages:
+        if not upstream_reran and _up_to_date(run, name, settings, inputs):
+            log.info("%s: up to date, skipped (use --force to rerun)", name)
+            summary["stages"][name] = {"status": "skipped", "report": run.manifest(name).get("report")}
+            continue
+        log.info("%s: running", name)
+        start = time.perf_counter()
+        report = go()
+        summary["stages"][name] = {"status": "ran", "seconds": round(time.perf_counter() - start, 1),
+                                   "report": _brief(report)}
+        upstream_reran = True
+    return summary
+
+
+def _up_to_date(run: Run, stage: str, settings: dict, inputs: dict) -> bool:
+    if not run.has(stage):
+        return False
+    manifest = run.manifest(stage)
+    if manifest.get("config") != _jsonable(settings):
+        return False
+    recorded = manifest.get("inputs", {})
+    for key, path in inputs.items():
+        if path is None:
+            continue
+        entry = recorded.get(key, {})
+        try:
+            if entry.get("sha256") != sha256(path):
+                return False
+        except OSError:
+            return False
+    return set(recorded) == {k for k, v in inputs.items() if v is not None}
+
+
+def _jsonable(obj: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+def _brief(report: Any) -> Any:
+    """Reports without bulky lists (evaluate's hypotheses)."""
+    if isinstance(report, dict):
+        return {k: v for k, v in report.items() if k != "hypotheses"}
+    return report

@@ -1,0 +1,285 @@
+"""Stage 3: train the encoder-decoder with teacher forcing through `Model.fit`.
+
+Per epoch: masked, label-smoothed cross-entropy normalised by real target tokens; global-norm
+gradient clipping; validation loss and greedy dev BLEU; the best model by dev BLEU saved to
+`RUN/train/model.keras`; the learning rate lowered when dev BLEU stalls, training stopped when it
+stops improving; a CSV history. `BackupAndRestore` makes an interrupted run resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.artifacts import Run, atomic_path, write_json_atomic
+from pipeline.config import ModelConfig, TrainConfig
+from pipeline.data import read_parallel
+from pipeline.errors import InputError, StageError
+from pipeline.model import Seq2Seq, build_model
+from pipeline.progress import log
+from pipeline.tokenize import BOS, EOS, PAD, SIDES, load_encoded, load_tokenizers
+
+STAGE = "train"
+BUCKETS = [6, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40, 48, 64, 80, 100]
+DEV_HOLDOUT = 500  # pairs held out of the training data when no dev set is given
+
+
+def masked_loss(label_smoothing: float):
+    """Cross-entropy over real target tokens only, averaged per token (not per sentence)."""
+
+    def loss(y_true, logits):
+        mask = keras.ops.cast(keras.ops.not_equal(y_true, PAD), "float32")  # (batch, T)
+        log_probs = keras.ops.log_softmax(logits, axis=-1)  # (batch, T, vocab)
+        nll = -keras.ops.squeeze(keras.ops.take_along_axis(log_probs, y_true[..., None], axis=-1), -1)
+        per_token = (1.0 - label_smoothing) * nll - label_smoothing * keras.ops.mean(log_probs, axis=-1)
+        return keras.ops.sum(per_token * mask) / keras.ops.maximum(keras.ops.sum(mask), 1.0)
+
+    return loss
+
+
+def make_dataset(src: list, tgt: list, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Batches of ((src, tgt_in), tgt_out), grouped by length so padding stays small.
+
+    src gets </s> appended; tgt_in = <s> y, tgt_out = y </s>.
+    """
+    n = len(src)
+    lengths = {"src": [len(x) + 1 for x in src], "tgt": [len(y) + 1 for y in tgt]}
+    flat = {
+        "src": tf.constant(np.concatenate([np.append(x, EOS) for x in src]).astype(np.int32)),
+        "tgt": tf.constant(np.concatenate([np.concatenate([[BOS], y, [EOS]]) for y in tgt]).astype(np.int32)),
+    }
+    src_start = tf.constant(np.concatenate([[0], np.cumsum(lengths["src"])[:-1]]), tf.int64)
+    # each target row is stored as <s> y </s>: tgt_in drops the last piece, tgt_out the first
+    tgt_start = tf.constant(np.concatenate([[0], np.cumsum(np.add(lengths["tgt"], 1))[:-1]]), tf.int64)
+    src_len = tf.constant(lengths["src"], tf.int64)
+    tgt_len = tf.constant(lengths["tgt"], tf.int64)
+
+    def row(i):
+        s = flat["src"][src_start[i]:src_start[i] + src_len[i]]
+        t = flat["tgt"][tgt_start[i]:tgt_start[i] + tgt_len[i] + 1]
+        return s, t[:-1], t[1:]
+
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.bucket_by_sequence_length(
+        element_length_func=lambda s, ti, to: tf.maximum(tf.shape(s)[0], tf.shape(to)[0]),
+        bucket_boundaries=BUCKETS,
+        bucket_batch_sizes=[batch_size] * (len(BUCKETS) + 1),
+    )
+    return ds.map(lambda s, ti, to: ((s, ti), to)).prefetch(tf.data.AUTOTUNE)
+
+
+class DevBleu(keras.callbacks.Callback):
+    """Greedy-decodes the dev set after each epoch, logs `val_bleu`, keeps the best model."""
+
+    def __init__(self, translator, dev_src: list[str], dev_ref: list[str], decode_config, tokenize: str,
+                 best_path, state_path):
+        super().__init__()
+        self.translator, self.dev_src, self.dev_ref = translator, dev_src, dev_ref
+        self.decode_config, self.tokenize = decode_config, tokenize
+        self.best_path, self.state_path = best_path, state_path
+        self.best = -1.0
+        self.best_epoch = -1
+
+    def on_train_begin(self, logs=None):
+        if self.state_path.is_file():  # resuming: remember the best so far
+            state = json.loads(self.state_path.read_text())
+            self.best, self.best_epoch = state["best_bleu"], state["best_epoch"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        from pipeline.bleu import score
+
+        t0 = time.perf_counter()
+        hyps = [h.text for h in self.translator.translate(self.dev_src, self.decode_config)]
+        logs["val_bleu"] = score(hyps, self.dev_ref, tokenize=self.tokenize)["sacrebleu"]
+        logs["dev_decode_s"] = time.perf_counter() - t0
+        if logs["val_bleu"] > self.best:
+            self.best, self.best_epoch = logs["val_bleu"], epoch
+            save_for_inference(self.model, self.best_path)
+            write_json_atomic(self.state_path, {"best_bleu": self.best, "best_epoch": epoch})
+
+
+class Throughput(keras.callbacks.Callback):
+    """Target tokens per second of training proper (validation excluded), as `train_tok_per_s`."""
+
+    def __init__(self, tokens_per_epoch: int):
+        super().__init__()
+        self.tokens = tokens_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start, self.train_s = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self.train_s is None:
+            self.train_s = time.perf_counter() - self.start
+
+    def on_epoch_end(self, epoch, logs=None):
+        train_s = self.train_s or time.perf_counter() - self.start
+        logs["train_s"] = train_s
+        logs["train_tok_per_s"] = self.tokens / train_s
+
+
+class EpochLog(keras.callbacks.Callback):
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        log.info("epoch %d/%d: loss %.3f, dev loss %.3f, dev BLEU %.2f, %.0f tok/s, lr %.2g",
+                 epoch + 1, self.epochs, logs.get("loss", float("nan")), logs.get("val_loss", float("nan")),
+                 logs.get("val_bleu", float("nan")), logs.get("train_tok_per_s", 0.0),
+                 float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+
+def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str | None = None,
+          dev_tgt: str | None = None, resume: bool = False, bleu_tokenize: str = "13a") -> dict[str, Any]:
+    model_config.validate()
+    config.validate()
+    processors, tok_manifest = load_tokenizers(run, needed_by="train")
+    encoded = load_encoded(run, needed_by="train")
+    tokenizer_hashes = {s: run.output_hash("tokenize", f"spm.{s}.model") for s in SIDES}
+    embeddings = _pretrained(run, model_config, config)
+
+    out = run.stage_dir(STAGE)
+    backup, state_path = out / "backup", out / "state.json"
+    if resume and not backup.is_dir():
+        raise StageError(f"nothing to resume in {out}", hint="start it without --resume")
+    run.begin(STAGE)
+    if not resume:
+        shutil.rmtree(backup, ignore_errors=True)
+        for name in ("model.keras", "history.csv", "state.json"):
+            (out / name).unlink(missing_ok=True)
+
+    keras.utils.set_random_seed(config.seed)
+    src, tgt = _filter_length(encoded["src"], encoded["tgt"], config.max_len)
+    if dev_src and dev_tgt:
+        dev_pairs = list(read_parallel(dev_src, dev_tgt))
+        if not dev_pairs:
+            raise InputError(f"the dev set {dev_src} is empty")
+        dev_raw_src, dev_raw_tgt = [s for s, _ in dev_pairs], [t for _, t in dev_pairs]
+        dev_ids = {"src": processors["src"].encode(dev_raw_src), "tgt": processors["tgt"].encode(dev_raw_tgt)}
+        dev_ids["src"], dev_ids["tgt"] = _filter_length(dev_ids["src"], dev_ids["tgt"], config.max_len)
+    elif dev_src or dev_tgt:
+        raise InputError("give both --dev-src and --dev-tgt, or neither")
+    else:  # hold out the last pairs, decoded back to text for BLEU
+        n = min(DEV_HOLDOUT, len(src) // 10)
+        if n == 0:
+            raise InputError("too few training pairs to hold out a dev set; give --dev-src/--dev-tgt")
+        log.info("no dev set given: holding out the last %d training pairs", n)
+        dev_ids = {"src": src[-n:], "tgt": tgt[-n:]}
+        src, tgt = src[:-n], tgt[:-n]
+        dev_raw_src = [processors["src"].decode(s.tolist()) for s in dev_ids["src"]]
+        dev_raw_tgt = [processors["tgt"].decode(t.tolist()) for t in dev_ids["tgt"]]
+
+    model = build_model(model_config, processors["src"].get_piece_size(), processors["tgt"].get_piece_size())
+    if embeddings is not None:
+        model.src_embedding.embeddings.assign(embeddings["src"])
+        model.tgt_embedding.embeddings.assign(embeddings["tgt"])
+    if config.freeze_embeddings:
+        model.src_embedding.trainable = model.tgt_embedding.trainable = False
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm),
+        loss=masked_loss(config.label_smoothing),
+        jit_compile=False,  # XLA measured slower for this model on CPU
+    )
+    train_ds = make_dataset(src, tgt, config.batch_size, shuffle=True, seed=config.seed)
+    dev_ds = make_dataset(dev_ids["src"], dev_ids["tgt"], config.batch_size, shuffle=False, seed=0)
+
+    from pipeline.config import DecodeConfig
+    from pipeline.translate import Translator
+
+    translator = Translator(model, processors["src"], processors["tgt"])
+    dev_decode = DecodeConfig(strategy="beam" if config.dev_beam > 1 else "greedy", beam=config.dev_beam)
+    tokens_per_epoch = int(sum(len(t) + 1 for t in tgt))
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(backup)),
+        Throughput(tokens_per_epoch),
+        DevBleu(translator, dev_raw_src, dev_raw_tgt, dev_decode, bleu_tokenize, out / "model.keras", state_path),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_bleu", mode="max", factor=config.lr_decay, patience=1,
+                                          min_delta=0.1, min_lr=config.learning_rate / 64, verbose=0),
+        keras.callbacks.EarlyStopping(monitor="val_bleu", mode="max", patience=config.patience, min_delta=0.1),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=resume),
+        EpochLog(config.epochs),
+    ]
+    log.info("training on %d pairs (%d target tokens an epoch), dev %d pairs, %d parameters",
+             len(src), tokens_per_epoch, len(dev_raw_src), model.count_params())
+    start = time.perf_counter()
+    history = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    wall = time.perf_counter() - start
+    if not (out / "model.keras").is_file():
+        raise StageError("training ended before the first epoch finished; no model was saved")
+
+    state = json.loads(state_path.read_text())
+    h = history.history
+    report = {
+        "best_dev_bleu": state["best_bleu"],
+        "best_epoch": state["best_epoch"] + 1,
+        "epochs_run": len(h.get("loss", [])),
+        "train_pairs": len(src),
+        "dev_pairs": len(dev_raw_src),
+        "parameters": model.count_params(),
+        "pretrained_embeddings": embeddings is not None,
+        "median_train_tok_per_s": float(np.median(h["train_tok_per_s"])) if h.get("train_tok_per_s") else None,
+        "wall_s": round(wall, 1),
+    }
+    run.finish(STAGE, {"model": asdict(model_config), "train": asdict(config), "bleu_tokenize": bleu_tokenize},
+               {"dev_src": dev_src, "dev_tgt": dev_tgt} if dev_src else {},
+               ["model.keras", "history.csv"],
+               extra={"tokenizer": tokenizer_hashes, "report": report})
+    return report
+
+
+def _filter_length(src: list, tgt: list, max_len: int) -> tuple[list, list]:
+    keep = [i for i in range(len(src)) if 0 < len(src[i]) < max_len and 0 < len(tgt[i]) < max_len]
+    if len(keep) < len(src):
+        log.info("skipping %d pair(s) longer than %d pieces", len(src) - len(keep), max_len - 1)
+    return [np.asarray(src[i], np.int32) for i in keep], [np.asarray(tgt[i], np.int32) for i in keep]
+
+
+def _pretrained(run: Run, model_config: ModelConfig, config: TrainConfig) -> dict[str, np.ndarray] | None:
+    if not config.pretrained:
+        return None
+    from pipeline.pretrain import load_pretrained
+
+    vectors = {side: load_pretrained(run, side) for side in SIDES}
+    if any(v is None for v in vectors.values()):
+        log.info("no pretrain stage in %s: embeddings start random", run.root)
+        return None
+    dim = vectors["src"].shape[1]
+    if dim != model_config.embed_dim:
+        raise StageError(
+            f"the pretrained vectors are {dim}-dimensional but --embed-dim is {model_config.embed_dim}",
+            hint=f"rerun `python cli.py pretrain --run {run.root} --dim {model_config.embed_dim}` "
+                 "or train with --no-pretrained",
+        )
+    return vectors
+
+
+def save_for_inference(model: Seq2Seq, path) -> None:
+    """Save weights and architecture only (no optimizer state, no compiled loss), atomically."""
+    clone = Seq2Seq.from_config(model.get_config())
+    clone.build()
+    clone.set_weights(model.get_weights())
+    with atomic_path(path) as tmp:
+        clone.save(tmp)
+
+
+def load_best_model(run: Run, needed_by: str) -> Seq2Seq:
+    """The best model of a finished train stage, after checking it matches the run's tokenizers."""
+    manifest = run.verify(STAGE, ["model.keras"], needed_by=needed_by)
+    for side in SIDES:
+        if manifest.get("tokenizer", {}).get(side) != run.output_hash("tokenize", f"spm.{side}.model"):
+            raise StageError(
+                f"the model in {run.root} was trained with another tokenizer than the run's current one",
+                hint=f"rerun `python cli.py train --run {run.root}`",
+            )
+    return keras.saving.load_model(run.path(STAGE, "model.keras"), compile=False)

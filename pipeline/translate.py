@@ -1,0 +1,115 @@
+"""Stage 4: raw text in, detokenised translations out, through a run's tokenizers and best model."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+import sentencepiece as spm
+
+from pipeline.artifacts import Run
+from pipeline.config import DecodeConfig
+from pipeline.tokenize import EOS, PAD, load_tokenizers
+
+CHUNK = 4096  # sentences sorted by length together; bounds memory on endless input
+
+
+@dataclass
+class Hypothesis:
+    text: str
+    score: float  # length-normalised log-probability under beam search, else the log-probability
+    log_prob: float
+    nbest: list[tuple[str, float]] = field(default_factory=list)
+    attention: list[list[float]] | None = None  # (target pieces incl. </s>, source pieces incl. </s>)
+    src_pieces: list[str] = field(default_factory=list)
+    tgt_pieces: list[str] = field(default_factory=list)
+
+    def to_json(self, nbest: bool = False, attention: bool = False) -> dict:
+        obj = {"translation": self.text, "score": round(self.score, 4), "log_prob": round(self.log_prob, 4)}
+        if nbest:
+            obj["nbest"] = [{"translation": t, "score": round(s, 4)} for t, s in self.nbest]
+        if attention:
+            obj["src_pieces"], obj["tgt_pieces"] = self.src_pieces, self.tgt_pieces
+            obj["attention"] = self.attention
+        return obj
+
+
+class Translator:
+    def __init__(self, model, sp_src: spm.SentencePieceProcessor, sp_tgt: spm.SentencePieceProcessor):
+        from pipeline.search import Searcher
+
+        self.model, self.sp_src, self.sp_tgt = model, sp_src, sp_tgt
+        self.searcher = Searcher(model)
+
+    @classmethod
+    def load(cls, run: Run, needed_by: str = "translate") -> "Translator":
+        from pipeline.train import load_best_model
+
+        processors, _ = load_tokenizers(run, needed_by)
+        model = load_best_model(run, needed_by)
+        return cls(model, processors["src"], processors["tgt"])
+
+    def translate(self, lines: Iterable[str], config: DecodeConfig, attention: bool = False) -> Iterator[Hypothesis]:
+        """Translate lines in order; an empty line gives an empty hypothesis."""
+        config.validate()
+        lines = iter(lines)
+        while chunk := list(itertools.islice(lines, CHUNK)):
+            yield from self._translate_chunk(chunk, config, attention)
+
+    def _translate_chunk(self, lines: list[str], config: DecodeConfig, attention: bool) -> list[Hypothesis]:
+        encoded = [self.sp_src.encode(" ".join(line.split())) + [EOS] if line.strip() else []
+                   for line in lines]
+        results: list[Hypothesis | None] = [None] * len(lines)
+        order = sorted((i for i, ids in enumerate(encoded) if ids), key=lambda i: len(encoded[i]))
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            for i, hyp in zip(batch, self._translate_batch([encoded[i] for i in batch], config, attention)):
+                results[i] = hyp
+        return [r if r is not None else Hypothesis("", 0.0, 0.0) for r in results]
+
+    def _translate_batch(self, sources: list[list[int]], config: DecodeConfig, attention: bool) -> list[Hypothesis]:
+        src = pad(sources)
+        limits = np.array([int(config.max_len_ratio * len(s)) + 10 for s in sources], dtype=np.int32)
+        if config.strategy == "beam" and config.beam > 1:
+            result = self.searcher.beam(src, limits, config.beam, config.length_penalty,
+                                        n_best=config.n_best, attention=attention)
+        elif config.strategy == "sample":
+            result = self.searcher.sample(src, limits, config.temperature, config.top_k, config.seed,
+                                          attention=attention)
+        else:  # greedy, and beam of width 1, which length normalisation cannot change
+            result = self.searcher.greedy(src, limits, attention=attention)
+        tokens, scores, log_probs = result.tokens.numpy(), result.scores.numpy(), result.log_probs.numpy()
+        att = result.attention.numpy() if attention else None
+        hyps = []
+        for i, source in enumerate(sources):
+            nbest = [(self.sp_tgt.decode(strip(seq)), float(s)) for seq, s in zip(tokens[i], scores[i])]
+            best = strip(tokens[i][0])
+            hyp = Hypothesis(nbest[0][0], nbest[0][1], float(log_probs[i][0]), nbest=nbest)
+            if att is not None:
+                n_out = len(best) + 1  # with </s>
+                hyp.attention = np.round(att[i][0][:n_out, :len(source)], 4).tolist()
+                hyp.src_pieces = [self.sp_src.id_to_piece(j) for j in source[:-1]] + ["</s>"]
+                hyp.tgt_pieces = [self.sp_tgt.id_to_piece(j) for j in best] + ["</s>"]
+            hyps.append(hyp)
+        return hyps
+
+
+def pad(sequences: list[list[int]], length: int | None = None) -> np.ndarray:
+    length = length or max(len(s) for s in sequences)
+    out = np.full((len(sequences), length), PAD, dtype=np.int32)
+    for i, s in enumerate(sequences):
+        out[i, :len(s)] = s
+    return out
+
+
+def strip(seq: Iterable[int]) -> list[int]:
+    """Piece ids up to (not including) the first </s> or padding."""
+    out = []
+    for token in seq:
+        if token in (EOS, PAD):
+            break
+        out.append(int(token))
+    return out
+

@@ -1,0 +1,92 @@
+"""The encoder-decoder and its attention: shapes, masking, saving, the shared decoder step."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.attention import BahdanauAttention
+from pipeline.config import ModelConfig
+from pipeline.model import build_model
+from pipeline.tokenize import PAD
+
+
+def _batch(rng, batch=3, src_len=7, tgt_len=5, src_vocab=50, tgt_vocab=40):
+    src = rng.integers(4, src_vocab, (batch, src_len)).astype("int32")
+    src[1, 4:] = PAD  # sentence 1 has 4 real tokens, 3 pads
+    src[2, 2:] = PAD
+    tgt = rng.integers(4, tgt_vocab, (batch, tgt_len)).astype("int32")
+    return src, tgt
+
+
+def test_attention_weights_sum_to_one_over_real_tokens_and_are_zero_on_padding():
+    rng = np.random.default_rng(0)
+    att = BahdanauAttention(8)
+    values = rng.normal(size=(2, 5, 6)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    query = rng.normal(size=(2, 4)).astype("float32")
+    keys = att.project_keys(values)
+    context, weights = att(query, keys, values, mask)
+    weights = np.asarray(weights)
+    assert keys.shape == (2, 5, 8)
+    assert context.shape == (2, 6) and weights.shape == (2, 5)
+    np.testing.assert_allclose(weights.sum(-1), [1.0, 1.0], atol=1e-6)
+    assert np.all(weights[0, 3:] == 0.0) and np.all(weights[0, :3] > 0)
+    # the context is the weighted sum of the values
+    np.testing.assert_allclose(np.asarray(context), np.einsum("bs,bsd->bd", weights, values), atol=1e-5)
+
+
+def test_attention_ignores_what_padding_holds():
+    rng = np.random.default_rng(1)
+    att = BahdanauAttention(8)
+    values = rng.normal(size=(1, 5, 6)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0]], bool)
+    query = rng.normal(size=(1, 4)).astype("float32")
+    changed = values.copy()
+    changed[0, 3:] = 100.0
+    a = att(query, att.project_keys(values), values, mask)[0]
+    b = att(query, att.project_keys(changed), changed, mask)[0]
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell,layers,tied", [("gru", 1, True), ("lstm", 2, False)])
+def test_forward_shapes(cell, layers, tied):
+    model = build_model(ModelConfig(cell=cell, layers=layers, embed_dim=16, units=12, attention_units=10,
+                                    tie_embeddings=tied), src_vocab=50, tgt_vocab=40)
+    src, tgt = _batch(np.random.default_rng(0))
+    logits = model((src, tgt))
+    assert logits.shape == (3, 5, 40)
+    encoded, state = model.encode(src)
+    assert encoded.values.shape == (3, 7, 24) and encoded.keys.shape == (3, 7, 10)
+    assert [s.shape for s in state] == [(3, 12)] * (1 if cell == "gru" else 2)
+
+
+def test_source_padding_does_not_change_the_output():
+    model = build_model(ModelConfig(embed_dim=16, units=12, attention_units=10), 50, 40)
+    src, tgt = _batch(np.random.default_rng(0))
+    short = model((src[1:2, :4], tgt[1:2]))
+    padded = model((src[1:2], tgt[1:2]))  # same sentence with 3 pads
+    np.testing.assert_allclose(np.asarray(short), np.asarray(padded), atol=1e-5)
+
+
+def test_decode_step_matches_teacher_forcing():
+    """One decoder step (used by every search) computes what the training loop computes."""
+    model = build_model(ModelConfig(embed_dim=16, units=12, attention_units=10), 50, 40)
+    src, tgt = _batch(np.random.default_rng(3))
+    logits = model((src, tgt), training=False)
+    expected = keras.ops.log_softmax(logits, axis=-1)
+    encoded, state = model.encode(src)
+    for t in range(tgt.shape[1]):
+        log_probs, state, weights = model.decode_step(encoded, state, tgt[:, t])
+        np.testing.assert_allclose(np.asarray(log_probs), np.asarray(expected[:, t]), atol=1e-4)
+        np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, atol=1e-5)
+        assert np.all(np.asarray(weights)[1, 4:] == 0)
+
+
+def test_saved_model_reloads_identically(tmp_path):
+    model = build_model(ModelConfig(cell="lstm", embed_dim=16, units=12, attention_units=10), 50, 40)
+    src, tgt = _batch(np.random.default_rng(0))
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_array_equal(np.asarray(model((src, tgt))), np.asarray(again((src, tgt))))
