@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -213,7 +214,10 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
     log.info("training on %d pairs (%d target tokens an epoch), dev %d pairs, %d parameters",
              len(src), tokens_per_epoch, len(dev_raw_src), model.count_params())
     start = time.perf_counter()
-    history = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    with warnings.catch_warnings():  # the dataset's length is unknown until it runs out: expected
+        warnings.filterwarnings("ignore", message=".*ran out of data")
+        history = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, callbacks=callbacks,
+                            shuffle=False, verbose=0)
     wall = time.perf_counter() - start
     if not (out / "model.keras").is_file():
         raise StageError("training ended before the first epoch finished; no model was saved")
@@ -248,12 +252,12 @@ def _filter_length(src: list, tgt: list, max_len: int) -> tuple[list, list]:
 def _pretrained(run: Run, model_config: ModelConfig, config: TrainConfig) -> dict[str, np.ndarray] | None:
     if not config.pretrained:
         return None
+    if not run.has("pretrain"):
+        log.info("no pretrain stage in %s: embeddings start random", run.root)
+        return None
     from pipeline.pretrain import load_pretrained
 
     vectors = {side: load_pretrained(run, side) for side in SIDES}
-    if any(v is None for v in vectors.values()):
-        log.info("no pretrain stage in %s: embeddings start random", run.root)
-        return None
     dim = vectors["src"].shape[1]
     if dim != model_config.embed_dim:
         raise StageError(

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as cli.py does
 
 import pytest
 
@@ -41,7 +42,7 @@ def write_corpus(folder: Path, name: str, pairs: list[tuple[str, str]]) -> tuple
 @pytest.fixture(scope="session")
 def toy_corpus(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("toy")
-    train_src, train_tgt = write_corpus(folder, "train", toy_pairs(600, seed=1))
+    train_src, train_tgt = write_corpus(folder, "train", toy_pairs(1200, seed=1))
     dev_src, dev_tgt = write_corpus(folder, "dev", toy_pairs(40, seed=2))
     return {"train_src": train_src, "train_tgt": train_tgt, "dev_src": dev_src, "dev_tgt": dev_tgt,
             "folder": folder}
@@ -52,7 +53,7 @@ TINY_MODEL = dict(embed_dim=32, units=32, attention_units=32, dropout=0.0)
 
 @pytest.fixture(scope="session")
 def tiny_run(toy_corpus, tmp_path_factory):
-    """A run directory with tokenize and train finished (a tiny model, a few epochs)."""
+    """A run directory with tokenize and train finished (a tiny model, five epochs, ~40 s)."""
     from pipeline.artifacts import Run
     from pipeline.config import ModelConfig, TokenizeConfig, TrainConfig
     from pipeline.tokenize import tokenize
@@ -61,6 +62,6 @@ def tiny_run(toy_corpus, tmp_path_factory):
     run = Run.at(tmp_path_factory.mktemp("run") / "tiny")
     tokenize(run, TokenizeConfig(vocab_size=60), src=str(toy_corpus["train_src"]),
              tgt=str(toy_corpus["train_tgt"]), src_lang="ja", tgt_lang="en")
-    train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=3, batch_size=32, learning_rate=1e-2, seed=7),
+    train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=5, batch_size=32, learning_rate=1e-2, seed=7),
           dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]), bleu_tokenize="none")
     return run

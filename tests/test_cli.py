@@ -1,0 +1,121 @@
+"""The command line end to end: each command, exit codes, artifacts, stdin/stdout, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ENJA, ROOT, write_corpus, toy_pairs
+
+TINY = ["--embed-dim", "32", "--units", "32", "--batch-size", "32", "--learning-rate", "0.01"]
+
+
+def cli(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], input=stdin,
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc
+
+
+def test_translate_reads_stdin_and_writes_stdout_line_for_line(tiny_run, toy_corpus):
+    lines = toy_corpus["dev_src"].read_text(encoding="utf-8").splitlines()[:5]
+    text = "\n".join(lines[:2] + [""] + lines[2:]) + "\n"
+    proc = cli("translate", "--run", tiny_run.root, "--greedy", stdin=text)
+    out = proc.stdout.split("\n")
+    assert out[-1] == "" and len(out) - 1 == 6  # one line out per line in
+    assert out[2] == ""  # an empty line stays empty
+    assert all(out[i] for i in (0, 1, 3, 4, 5))
+
+
+def test_translate_jsonl_with_nbest_and_attention(tiny_run, toy_corpus, tmp_path):
+    src = toy_corpus["dev_src"]
+    out = tmp_path / "out.jsonl"
+    cli("translate", "--run", tiny_run.root, "-i", src, "-o", out, "--beam", "3", "--n-best", "3",
+        "--format", "jsonl", "--attention")
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == len(src.read_text(encoding="utf-8").splitlines())
+    row = rows[0]
+    assert set(row) >= {"translation", "score", "nbest", "attention", "src_pieces", "tgt_pieces"}
+    assert len(row["nbest"]) == 3 and row["nbest"][0]["translation"] == row["translation"]
+    assert len(row["attention"]) == len(row["tgt_pieces"])
+    assert all(abs(sum(r) - 1) < 1e-3 and len(r) == len(row["src_pieces"]) for r in row["attention"])
+
+
+def test_evaluate_json_report(tiny_run, toy_corpus):
+    proc = cli("evaluate", "--run", tiny_run.root, "--src", toy_corpus["dev_src"], "--ref", toy_corpus["dev_tgt"],
+               "--greedy", "--json")
+    report = json.loads(proc.stdout)
+    assert set(report) >= {"bleu", "sacrebleu", "signature", "hypotheses", "chrf"}
+    assert len(report["hypotheses"]) == 40
+    assert "tok:none" in report["signature"]
+    assert 0 <= report["bleu"] <= 100
+    assert (tiny_run.root / "evaluate" / "hypotheses.txt").read_text(encoding="utf-8").count("\n") == 40
+    assert json.loads((tiny_run.root / "evaluate" / "manifest.json").read_text())["stage"] == "evaluate"
+
+
+def test_the_tiny_model_learned_the_toy_language(tiny_run):
+    """Trained 5 epochs on the toy pairs, it must beat a trivial baseline by far."""
+    report = json.loads((tiny_run.root / "train" / "manifest.json").read_text())["report"]
+    assert report["best_dev_bleu"] > 20
+
+
+@pytest.mark.parametrize("args,message", [
+    (["tokenize", "--run", "{tmp}/r", "--src", "{tmp}/missing.ja", "--tgt", "{tmp}/missing.en"], "file not found"),
+    (["tokenize", "--run", "{tmp}/r", "--src", "{tmp}/a.ja", "--tgt", "{tmp}/short.en"],
+     "parallel files differ in length"),
+    (["tokenize", "--run", "{tmp}/r", "--src", "{tmp}/latin1.ja", "--tgt", "{tmp}/a.en"], "is not valid UTF-8"),
+    (["train", "--run", "{tmp}/empty"], "needs the tokenize stage's output"),
+    (["translate", "--run", "{tmp}/empty"], "needs the tokenize stage's output"),
+    (["tokenize", "--run", "{tmp}/r", "--src", "{tmp}/a.ja", "--tgt", "{tmp}/a.en", "--model-type", "word2"],
+     "tokenize.model_type must be one of unigram, bpe, char"),
+])
+def test_errors_are_one_line_with_exit_code_1(tmp_path, args, message):
+    src, tgt = write_corpus(tmp_path, "a", toy_pairs(30))
+    (tmp_path / "short.en").write_text("one line\n", encoding="utf-8")
+    (tmp_path / "latin1.ja").write_bytes("café\n".encode("latin-1") * 30)
+    proc = cli(*[a.format(tmp=tmp_path) for a in args], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "tokenize" / "manifest.json").exists()
+
+
+def test_translate_refuses_a_run_whose_model_is_missing(tiny_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run.root, broken)
+    (broken / "train" / "model.keras").unlink()
+    proc = cli("translate", "--run", broken, stdin="あか 。\n", check=False)
+    assert proc.returncode == 1
+    assert "model.keras is missing" in proc.stderr and "python cli.py train" in proc.stderr
+
+
+@pytest.mark.slow
+def test_every_command_on_a_slice_of_the_real_corpus(tmp_path):
+    if not ENJA.is_dir():
+        pytest.skip(f"{ENJA} is absent: the real corpus is not on this machine")
+    src, tgt = tmp_path / "train.ja", tmp_path / "train.en"
+    for name, path in (("train.ja", src), ("train.en", tgt)):
+        path.write_text("".join((ENJA / name).read_text(encoding="utf-8").splitlines(True)[:1500]), encoding="utf-8")
+    run = tmp_path / "run"
+    report = json.loads(cli("tokenize", "--run", run, "--src", src, "--tgt", tgt, "--vocab-size", "500").stdout)
+    assert report["kept"] == 1500
+    report = json.loads(cli("pretrain", "--run", run, "--dim", "32", "--epochs", "1").stdout)
+    assert (run / "pretrain" / "emb.src.npy").is_file()
+    cli("train", "--run", run, "--dev-src", ENJA / "dev.ja", "--dev-tgt", ENJA / "dev.en", "--epochs", "1", *TINY)
+    test_lines = (ENJA / "test.ja").read_text(encoding="utf-8").splitlines()[:20]
+    out = cli("translate", "--run", run, "--greedy", stdin="\n".join(test_lines) + "\n").stdout
+    assert out.count("\n") == 20
+    ref = tmp_path / "ref.en"
+    ref.write_text("\n".join((ENJA / "test.en").read_text(encoding="utf-8").splitlines()[:20]) + "\n")
+    hyp_src = tmp_path / "src.ja"
+    hyp_src.write_text("\n".join(test_lines) + "\n", encoding="utf-8")
+    report = json.loads(cli("evaluate", "--run", run, "--src", hyp_src, "--ref", ref, "--json").stdout)
+    assert len(report["hypotheses"]) == 20 and report["signature"].startswith("nrefs:1")

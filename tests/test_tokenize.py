@@ -1,0 +1,77 @@
+"""Tokenize stage: SentencePiece models per language, encoded pairs, counted drops."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.artifacts import Run
+from pipeline.config import TokenizeConfig
+from pipeline.errors import InputError, StageError
+from pipeline.tokenize import load_encoded, load_tokenizers, tokenize
+from tests.conftest import toy_pairs, write_corpus
+
+
+def test_sentencepiece_round_trip_and_encoded_pairs(toy_corpus, tmp_path):
+    run = Run.at(tmp_path / "run")
+    report = tokenize(run, TokenizeConfig(vocab_size=60), src=str(toy_corpus["train_src"]),
+                      tgt=str(toy_corpus["train_tgt"]), src_lang="ja", tgt_lang="en")
+    assert report["kept"] == 1200 and report["dropped_empty"] == 0
+    processors, manifest = load_tokenizers(run, needed_by="test")
+    assert manifest["stage"] == "tokenize" and set(manifest["outputs"]) >= {"train.npz", "spm.src.model"}
+    src_lines = toy_corpus["train_src"].read_text(encoding="utf-8").splitlines()
+    tgt_lines = toy_corpus["train_tgt"].read_text(encoding="utf-8").splitlines()
+    for line in src_lines[:50]:
+        assert processors["src"].decode(processors["src"].encode(line)) == line
+    encoded = load_encoded(run, needed_by="test")
+    assert len(encoded["src"]) == len(encoded["tgt"]) == 1200
+    assert processors["tgt"].decode(encoded["tgt"][7].tolist()) == tgt_lines[7]
+    assert all(seq.dtype == np.int32 and seq.min() > 3 for seq in encoded["src"][:20])
+
+
+def test_empty_and_overlong_pairs_are_dropped_and_counted(tmp_path):
+    pairs = toy_pairs(200, seed=3) + [("", "dog ."), ("いぬ 。", "   "), (" ".join(["いぬ"] * 300), "dog .")]
+    src, tgt = write_corpus(tmp_path, "c", pairs)
+    report = tokenize(Run.at(tmp_path / "run"), TokenizeConfig(vocab_size=60, max_tokens=50),
+                      src=str(src), tgt=str(tgt), src_lang="ja", tgt_lang="en")
+    assert report == {**report, "pairs_read": 203, "kept": 200, "dropped_empty": 2, "dropped_too_long": 1}
+
+
+def test_too_large_vocabulary_is_reduced_with_a_warning(toy_corpus, tmp_path, caplog):
+    report = tokenize(Run.at(tmp_path / "run"), TokenizeConfig(vocab_size=5000), src=str(toy_corpus["train_src"]),
+                      tgt=str(toy_corpus["train_tgt"]), src_lang="ja", tgt_lang="en")
+    assert report["src"]["requested_vocab_size"] == 5000
+    assert 20 < report["src"]["vocab_size"] < 5000
+    assert "larger than this corpus supports" in caplog.text
+
+
+def test_tsv_columns(tmp_path):
+    pairs = toy_pairs(150, seed=4)
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"{en}\t{ja}\n" for ja, en in pairs), encoding="utf-8")
+    run = Run.at(tmp_path / "run")
+    report = tokenize(run, TokenizeConfig(vocab_size=60), tsv=str(tsv), tsv_src_col=1, tsv_tgt_col=0,
+                      src_lang="ja", tgt_lang="en")
+    assert report["kept"] == 150
+    processors, _ = load_tokenizers(run, "test")
+    assert processors["src"].decode(load_encoded(run, "test")["src"][0].tolist()) == pairs[0][0]
+
+
+def test_tsv_with_too_few_columns(tmp_path):
+    tsv = tmp_path / "bad.tsv"
+    tsv.write_text("only one column\n", encoding="utf-8")
+    with pytest.raises(InputError, match="line 1 has 1 tab-separated column"):
+        tokenize(Run.at(tmp_path / "run"), TokenizeConfig(), tsv=str(tsv))
+
+
+def test_later_stage_refuses_a_changed_tokenizer(toy_corpus, tmp_path):
+    run = Run.at(tmp_path / "run")
+    tokenize(run, TokenizeConfig(vocab_size=60), src=str(toy_corpus["train_src"]), tgt=str(toy_corpus["train_tgt"]))
+    model = run.path("tokenize", "spm.src.model")
+    model.write_bytes(model.read_bytes() + b"x")
+    with pytest.raises(StageError, match="changed since the tokenize stage wrote it"):
+        load_tokenizers(run, needed_by="train")
+    manifest = json.loads(run.path("tokenize", "manifest.json").read_text())
+    assert manifest["config"]["vocab_size"] == 60
