@@ -20,6 +20,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import typer
 
+from pipeline.config import DecodeConfig as _D, ModelConfig as _M, PretrainConfig as _P, TokenizeConfig as _T
+from pipeline.config import TrainConfig as _Tr
 from pipeline.errors import PipelineError
 
 app = typer.Typer(
@@ -73,11 +75,11 @@ def tokenize(
     tgt_col: int = typer.Option(0, help="0-based --tsv column of the target (Tatoeba: 0 = English)."),
     src_lang: Optional[str] = typer.Option(None, help="Source language code (default: --src's suffix, else ja)."),
     tgt_lang: Optional[str] = typer.Option(None, help="Target language code (default: --tgt's suffix, else en)."),
-    vocab_size: int = typer.Option(4000, help="SentencePiece vocabulary size per language."),
-    model_type: str = typer.Option("unigram", help="unigram, bpe or char."),
+    vocab_size: int = typer.Option(_T.vocab_size, help="SentencePiece vocabulary size per language."),
+    model_type: str = typer.Option(_T.model_type, help="unigram, bpe or char."),
     character_coverage: Optional[float] = typer.Option(None, help="Default: 0.9995 for ja/zh/ko/th, else 1.0."),
-    max_tokens: int = typer.Option(100, help="Drop pairs with more pieces than this on either side."),
-    seed: int = typer.Option(1234),
+    max_tokens: int = typer.Option(_T.max_tokens, help="Drop pairs with more pieces than this on either side."),
+    seed: int = typer.Option(_T.seed),
 ):
     """Train SentencePiece models for both languages and encode the training pairs."""
     from pipeline.config import TokenizeConfig
@@ -100,14 +102,14 @@ def tokenize(
 @app.command()
 def pretrain(
     run: Path = RunOpt,
-    dim: int = typer.Option(256, help="Vector size; must equal train's --embed-dim to be used."),
-    window: int = typer.Option(5, help="Largest context distance (sampled per word, as word2vec does)."),
-    negatives: int = typer.Option(5, help="Negative samples per (centre, context) pair."),
-    epochs: int = typer.Option(5),
-    subsample: float = typer.Option(1e-3, help="Down-sampling threshold of frequent pieces; 0 disables."),
+    dim: int = typer.Option(_P.dim, help="Vector size; must equal train's --embed-dim to be used."),
+    window: int = typer.Option(_P.window, help="Largest context distance (sampled per word, as word2vec does)."),
+    negatives: int = typer.Option(_P.negatives, help="Negative samples per (centre, context) pair."),
+    epochs: int = typer.Option(_P.epochs),
+    subsample: float = typer.Option(_P.subsample, help="Down-sampling threshold of frequent pieces; 0 disables."),
     extra_src: Optional[Path] = typer.Option(None, help="Extra monolingual source-language text."),
     extra_tgt: Optional[Path] = typer.Option(None, help="Extra monolingual target-language text."),
-    seed: int = typer.Option(1234),
+    seed: int = typer.Option(_P.seed),
 ):
     """Train word2vec (skip-gram, negative sampling) embeddings of each side's pieces."""
     from pipeline.artifacts import Run
@@ -129,23 +131,23 @@ def train(
     run: Path = RunOpt,
     dev_src: Optional[Path] = typer.Option(None, help="Dev source text (default: hold out 500 training pairs)."),
     dev_tgt: Optional[Path] = typer.Option(None, help="Dev target text, line-aligned with --dev-src."),
-    epochs: int = typer.Option(20, help="Most epochs; early stopping may end sooner."),
-    batch_size: int = typer.Option(64, help="Sentences per batch."),
-    embed_dim: int = typer.Option(256),
-    units: int = typer.Option(256, help="RNN units (encoder: per direction; decoder)."),
-    cell: str = typer.Option("gru", help="gru or lstm."),
-    layers: int = typer.Option(1, help="Bidirectional encoder layers."),
-    dropout: float = typer.Option(0.2),
-    learning_rate: float = typer.Option(1e-3),
-    label_smoothing: float = typer.Option(0.1),
-    clip_norm: float = typer.Option(1.0, help="Global gradient-norm clipping."),
-    patience: int = typer.Option(4, help="Epochs without a better dev BLEU before stopping."),
-    tie_embeddings: bool = typer.Option(True, help="Share the target embedding with the output layer."),
-    pretrained: bool = typer.Option(True, help="Initialise embeddings from the pretrain stage if it ran."),
-    freeze_embeddings: bool = typer.Option(False, help="Keep pretrained embeddings fixed."),
+    epochs: int = typer.Option(_Tr.epochs, help="Most epochs; early stopping may end sooner."),
+    batch_size: int = typer.Option(_Tr.batch_size, help="Sentences per batch."),
+    embed_dim: int = typer.Option(_M.embed_dim),
+    units: int = typer.Option(_M.units, help="RNN units (encoder: per direction; decoder)."),
+    cell: str = typer.Option(_M.cell, help="gru or lstm."),
+    layers: int = typer.Option(_M.layers, help="Bidirectional encoder layers."),
+    dropout: float = typer.Option(_M.dropout),
+    learning_rate: float = typer.Option(_Tr.learning_rate),
+    label_smoothing: float = typer.Option(_Tr.label_smoothing),
+    clip_norm: float = typer.Option(_Tr.clip_norm, help="Global gradient-norm clipping."),
+    patience: int = typer.Option(_Tr.patience, help="Epochs without a better dev BLEU before stopping."),
+    tie_embeddings: bool = typer.Option(_M.tie_embeddings, help="Share the target embedding with the output layer."),
+    pretrained: bool = typer.Option(_Tr.pretrained, help="Initialise embeddings from the pretrain stage if it ran."),
+    freeze_embeddings: bool = typer.Option(_Tr.freeze_embeddings, help="Keep pretrained embeddings fixed."),
     bleu_tokenize: str = typer.Option("13a", help="sacreBLEU tokenisation for the dev BLEU."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last epoch."),
-    seed: int = typer.Option(1234),
+    seed: int = typer.Option(_Tr.seed),
 ):
     """Train the encoder-decoder with Bahdanau attention; keep the best model by dev BLEU."""
     from pipeline.artifacts import Run
@@ -179,12 +181,12 @@ def _decode_config(greedy: bool, beam: int, sample: bool, temperature: float, to
 
 
 GreedyOpt = typer.Option(False, "--greedy", help="Greedy search.")
-BeamOpt = typer.Option(5, "--beam", help="Beam size (the default strategy).")
+BeamOpt = typer.Option(_D.beam, "--beam", help="Beam size (the default strategy).")
 SampleOpt = typer.Option(False, "--sample", help="Sample from the model instead of searching.")
-TemperatureOpt = typer.Option(1.0, help="Sampling temperature.")
-TopKOpt = typer.Option(0, help="Sample among the k likeliest pieces (0: all).")
-LengthPenaltyOpt = typer.Option(1.0, help="Beam scores are log p / length**alpha.")
-DecodeBatchOpt = typer.Option(64, "--batch-size", help="Sentences decoded together.")
+TemperatureOpt = typer.Option(_D.temperature, help="Sampling temperature.")
+TopKOpt = typer.Option(_D.top_k, help="Sample among the k likeliest pieces (0: all).")
+LengthPenaltyOpt = typer.Option(_D.length_penalty, help="Beam scores are log p / length**alpha.")
+DecodeBatchOpt = typer.Option(_D.batch_size, "--batch-size", help="Sentences decoded together.")
 
 
 @app.command()
@@ -198,11 +200,11 @@ def translate(
     temperature: float = TemperatureOpt,
     top_k: int = TopKOpt,
     length_penalty: float = LengthPenaltyOpt,
-    n_best: int = typer.Option(1, help="With --format jsonl: the n best hypotheses of the beam."),
+    n_best: int = typer.Option(_D.n_best, help="With --format jsonl: the n best hypotheses of the beam."),
     batch_size: int = DecodeBatchOpt,
     format: str = typer.Option("text", "--format", help="text, or jsonl (translation, score, ...)."),
     attention: bool = typer.Option(False, help="With --format jsonl: include attention weights."),
-    seed: int = typer.Option(1234, help="Seed for --sample."),
+    seed: int = typer.Option(_D.seed, help="Seed for --sample."),
 ):
     """Translate sentences, one per line, keeping the order; an empty line stays empty."""
     from pipeline.artifacts import Run, atomic_path

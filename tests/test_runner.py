@@ -1,0 +1,75 @@
+"""`python cli.py pipeline`: every stage from one config; unchanged stages are skipped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.config import ConfigError, load_pipeline_config
+from tests.test_cli import cli
+
+
+def _config(tmp_path, toy_corpus, epochs: int) -> str:
+    c = toy_corpus
+    text = f"""
+run = "{tmp_path / 'run'}"
+[data]
+src = "{c['train_src']}"
+tgt = "{c['train_tgt']}"
+dev_src = "{c['dev_src']}"
+dev_tgt = "{c['dev_tgt']}"
+test_src = "{c['dev_src']}"
+test_tgt = "{c['dev_tgt']}"
+[tokenize]
+vocab_size = 60
+[pretrain]
+dim = 16
+epochs = 1
+[model]
+embed_dim = 16
+units = 16
+attention_units = 16
+[train]
+epochs = {epochs}
+batch_size = 64
+[decode]
+beam = 2
+"""
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_corpus):
+    config = _config(tmp_path, toy_corpus, epochs=1)
+    first = json.loads(cli("pipeline", "--config", config).stdout)
+    assert [s["status"] for s in first["stages"].values()] == ["ran"] * 4
+    assert 0 <= first["stages"]["evaluate"]["report"]["bleu"] <= 100
+
+    again = json.loads(cli("pipeline", "--config", config).stdout)
+    assert [s["status"] for s in again["stages"].values()] == ["skipped"] * 4
+
+    config = _config(tmp_path, toy_corpus, epochs=2)  # a train setting changed
+    changed = json.loads(cli("pipeline", "--config", config).stdout)
+    assert {k: v["status"] for k, v in changed["stages"].items()} == {
+        "tokenize": "skipped", "pretrain": "skipped", "train": "ran", "evaluate": "ran"}
+
+    forced = json.loads(cli("pipeline", "--config", config, "--force").stdout)
+    assert [s["status"] for s in forced["stages"].values()] == ["ran"] * 4
+
+
+def test_unknown_config_key_names_the_valid_ones(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[train]\nepoch = 3\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown config key train.epoch; valid keys: batch_size"):
+        load_pipeline_config(path)
+    proc = cli("pipeline", "--config", path, check=False)
+    assert proc.returncode == 1 and "unknown config key train.epoch" in proc.stderr
+
+
+def test_shipped_config_is_valid():
+    from tests.conftest import ROOT
+
+    config = load_pipeline_config(ROOT / "configs" / "enja.toml")
+    assert config.evaluate.tokenize == "none" and config.data.src.endswith("train.ja")
