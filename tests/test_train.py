@@ -1,0 +1,115 @@
+"""Training: the masked loss, batching, repeatability, resuming an interrupted run."""
+
+from __future__ import annotations
+
+import csv
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline import train as train_module
+from pipeline.artifacts import Run
+from pipeline.config import ModelConfig, TokenizeConfig, TrainConfig
+from pipeline.errors import StageError
+from pipeline.tokenize import BOS, EOS, PAD, tokenize
+from pipeline.train import make_dataset, masked_loss, train
+from tests.conftest import TINY_MODEL, toy_pairs, write_corpus
+
+
+def test_loss_ignores_padding_and_averages_over_real_tokens():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, 7)).astype("float32")
+    y = np.array([[4, 5, 6, PAD], [4, PAD, PAD, PAD]], np.int32)
+    loss = float(masked_loss(0.0)(y, logits))
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    real = [(0, 0), (0, 1), (0, 2), (1, 0)]
+    expected = -np.mean([log_probs[b, t, y[b, t]] for b, t in real])
+    assert loss == pytest.approx(expected, rel=1e-5)
+    changed = logits.copy()
+    changed[0, 3] = 50.0  # whatever the model says at padded positions does not count
+    assert float(masked_loss(0.0)(y, changed)) == pytest.approx(loss, rel=1e-6)
+
+
+def test_label_smoothing_mixes_in_the_uniform_distribution():
+    logits = np.zeros((1, 1, 4), np.float32)
+    logits[0, 0, 1] = 2.0
+    y = np.array([[1]], np.int32)
+    log_probs = logits[0, 0] - np.log(np.exp(logits[0, 0]).sum())
+    expected = 0.9 * -log_probs[1] + 0.1 * -log_probs.mean()
+    assert float(masked_loss(0.1)(y, logits)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_batches_are_bucketed_and_shifted_for_teacher_forcing():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 30, 300)  # target lengths follow source lengths, as in real corpora
+    src = [rng.integers(4, 50, n).astype(np.int32) for n in lengths]
+    tgt = [rng.integers(4, 50, max(1, n + rng.integers(-2, 3))).astype(np.int32) for n in lengths]
+    seen, real, padded = 0, 0, 0
+    for (s, t_in), t_out in make_dataset(src, tgt, batch_size=16, shuffle=True, seed=1):
+        s, t_in, t_out = s.numpy(), t_in.numpy(), t_out.numpy()
+        assert t_in.shape == t_out.shape and s.shape[0] == t_in.shape[0] <= 16
+        assert np.all(t_in[:, 0] == BOS)
+        for row_in, row_out in zip(t_in, t_out):
+            n = (row_out != PAD).sum()
+            assert row_out[n - 1] == EOS
+            np.testing.assert_array_equal(row_in[1:n], row_out[:n - 1])
+        seen += len(s)
+        real += (s != PAD).sum() + (t_out != PAD).sum()
+        padded += s.size + t_out.size
+    assert seen == 300
+    # batches of 16 taken in random order would be about 60% real tokens here
+    unbucketed = sum(len(x) + 1 for x in src + tgt) / sum(
+        16 * (max(len(x) for x in src[i:i + 16]) + max(len(y) for y in tgt[i:i + 16]) + 2)
+        for i in range(0, 288, 16)) 
+    assert real / padded > unbucketed + 0.15
+
+
+def _tokenized(tmp_path, toy_corpus) -> Run:
+    run = Run.at(tmp_path / "run")
+    src, tgt = write_corpus(tmp_path, "small", toy_pairs(300, seed=5))
+    tokenize(run, TokenizeConfig(vocab_size=60), src=str(src), tgt=str(tgt))
+    return run
+
+
+def test_same_seed_same_weights(tmp_path, toy_corpus):
+    run = _tokenized(tmp_path, toy_corpus)
+    weights = []
+    for _ in range(2):
+        train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=1, batch_size=64, seed=3),
+              dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
+        model = keras.saving.load_model(run.path("train", "model.keras"), compile=False)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, toy_corpus, monkeypatch):
+    run = _tokenized(tmp_path, toy_corpus)
+    config = TrainConfig(epochs=3, batch_size=64, patience=10)
+    dev = dict(dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
+    original = train_module.EpochLog.on_epoch_end
+
+    def interrupt_after_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.EpochLog, "on_epoch_end", interrupt_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(run, ModelConfig(**TINY_MODEL), config, **dev)
+    assert not run.has("train")  # an interrupted stage does not look finished
+    monkeypatch.setattr(train_module.EpochLog, "on_epoch_end", original)
+
+    report = train(run, ModelConfig(**TINY_MODEL), config, resume=True, **dev)
+    assert run.has("train")
+    with open(run.path("train", "history.csv")) as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [0, 1, 2]
+    assert report["epochs_run"] == 1  # only the third epoch ran after resuming
+
+
+def test_resume_without_an_interrupted_run_is_an_error(tmp_path, toy_corpus):
+    run = _tokenized(tmp_path, toy_corpus)
+    with pytest.raises(StageError, match="nothing to resume"):
+        train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=1), resume=True)
