@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -129,6 +130,28 @@ class Throughput(keras.callbacks.Callback):
         logs["train_tok_per_s"] = self.tokens / train_s
 
 
+class BatchProgress(keras.callbacks.Callback):
+    """A progress bar over an epoch's batches on stderr (off when stderr is not a terminal)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs, self.bar = epochs, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", file=sys.stderr, leave=False,
+                        disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        if logs and batch % 20 == 0:
+            self.bar.set_postfix(loss=f"{float(logs.get('loss', 0.0)):.3f}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close()
+
+
 class EpochLog(keras.callbacks.Callback):
     def __init__(self, epochs: int):
         super().__init__()
@@ -210,6 +233,7 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
         keras.callbacks.EarlyStopping(monitor="val_bleu", mode="max", patience=config.patience, min_delta=0.1),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=resume),
         EpochLog(config.epochs),
+        BatchProgress(config.epochs),
     ]
     log.info("training on %d pairs (%d target tokens an epoch), dev %d pairs, %d parameters",
              len(src), tokens_per_epoch, len(dev_raw_src), model.count_params())

@@ -119,3 +119,17 @@ def test_every_command_on_a_slice_of_the_real_corpus(tmp_path):
     hyp_src.write_text("\n".join(test_lines) + "\n", encoding="utf-8")
     report = json.loads(cli("evaluate", "--run", run, "--src", hyp_src, "--ref", ref, "--json").stdout)
     assert len(report["hypotheses"]) == 20 and report["signature"].startswith("nrefs:1")
+
+
+@pytest.mark.slow
+def test_download_copies_a_local_copy_with_checksums(tmp_path):
+    if not ENJA.is_dir():
+        pytest.skip(f"{ENJA} is absent: the real corpus is not on this machine")
+    report = json.loads(cli("download", "small_parallel_enja", "--dest", tmp_path / "d", "--from", ENJA).stdout)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == sorted(report["files"])
+    assert len(report["files"]) == 6
+
+
+def test_download_of_an_unknown_corpus_fails_cleanly(tmp_path):
+    proc = cli("download", "no_such_corpus", "--dest", tmp_path / "d", check=False)
+    assert proc.returncode == 1 and "small_parallel_enja" in proc.stderr and "Traceback" not in proc.stderr
