@@ -107,6 +107,8 @@ def pretrain(
     negatives: int = typer.Option(_P.negatives, help="Negative samples per (centre, context) pair."),
     epochs: int = typer.Option(_P.epochs),
     subsample: float = typer.Option(_P.subsample, help="Down-sampling threshold of frequent pieces; 0 disables."),
+    learning_rate: float = typer.Option(_P.learning_rate, help="Start of word2vec's linearly decaying SGD rate."),
+    batch_size: int = typer.Option(_P.batch_size, help="About this many (centre, context) pairs per step."),
     extra_src: Optional[Path] = typer.Option(None, help="Extra monolingual source-language text."),
     extra_tgt: Optional[Path] = typer.Option(None, help="Extra monolingual target-language text."),
     seed: int = typer.Option(_P.seed),
@@ -118,6 +120,7 @@ def pretrain(
 
     def go():
         config = PretrainConfig(dim=dim, window=window, negatives=negatives, epochs=epochs, subsample=subsample,
+                                learning_rate=learning_rate, batch_size=batch_size,
                                 extra_src=extra_src and str(extra_src), extra_tgt=extra_tgt and str(extra_tgt),
                                 seed=seed)
         config.validate()

@@ -49,7 +49,7 @@ class PretrainConfig:
     epochs: int = 5
     subsample: float = 1e-3  # word2vec's frequent-piece down-sampling threshold; 0 disables it
     learning_rate: float = 0.025  # linearly decayed to 1e-4 of it, as in word2vec
-    batch_size: int = 4096  # (centre, context) pairs per step
+    batch_size: int = 4096  # about this many (centre, context) pairs per step
     extra_src: str | None = None  # optional monolingual text, one sentence a line
     extra_tgt: str | None = None
     seed: int = 1234
@@ -59,6 +59,8 @@ class PretrainConfig:
             _positive(f"pretrain.{name}", getattr(self, name))
         if not 0 <= self.subsample < 1:
             raise ConfigError("pretrain.subsample must be in [0, 1)")
+        if self.learning_rate <= 0:
+            raise ConfigError("pretrain.learning_rate must be positive")
 
 
 @dataclass(frozen=True)

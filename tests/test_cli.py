@@ -105,7 +105,7 @@ def test_every_command_on_a_slice_of_the_real_corpus(tmp_path):
     for name, path in (("train.ja", src), ("train.en", tgt)):
         path.write_text("".join((ENJA / name).read_text(encoding="utf-8").splitlines(True)[:1500]), encoding="utf-8")
     run = tmp_path / "run"
-    report = json.loads(cli("tokenize", "--run", run, "--src", src, "--tgt", tgt, "--vocab-size", "500").stdout)
+    report = json.loads(cli("tokenize", "--run", run, "--src", src, "--tgt", tgt, "--vocab-size", "1000").stdout)
     assert report["kept"] == 1500
     report = json.loads(cli("pretrain", "--run", run, "--dim", "32", "--epochs", "1").stdout)
     assert (run / "pretrain" / "emb.src.npy").is_file()

@@ -1,0 +1,181 @@
+"""Stage 2: word2vec skip-gram vectors for each language's SentencePiece pieces.
+
+Reads `RUN/tokenize/` (train.npz and both SentencePiece models), adds optional monolingual text
+per language, trains one skip-gram model per side (`pipeline.word2vec`) and writes to
+`RUN/pretrain/`:
+
+    emb.src.npy emb.tgt.npy   float32 (pieces, dim); row i is SentencePiece id i, specials included
+    emb.src.txt emb.tgt.txt   the same vectors in word2vec's text format, pieces in id order
+
+The manifest records the hash of the SentencePiece models the vectors belong to, so
+`load_pretrained` refuses vectors made for another tokenizer.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import sentencepiece as spm
+
+from pipeline import word2vec
+from pipeline.artifacts import STAGE_COMMAND, Run, atomic_path
+from pipeline.config import PretrainConfig
+from pipeline.data import read_lines
+from pipeline.errors import StageError
+from pipeline.progress import log, progress
+from pipeline.tokenize import load_processor
+
+STAGE = "pretrain"
+SIDES = ("src", "tgt")
+FIRST_WORD = word2vec.FIRST_WORD  # ids below are pad, unk, bos, eos
+ENCODE_BATCH = 4096  # lines of extra text encoded per SentencePiece call
+# The report shows the nearest neighbours of the pieces at these frequency ranks: frequent, but
+# past the few function pieces at the very top, whose neighbours say little about the vectors.
+SHOW_RANKS = (10, 20, 40, 80, 160)
+SHOW_NEIGHBOURS = 5
+
+
+def pretrain(run: Run, config: PretrainConfig) -> dict[str, Any]:
+    """Run the stage for both sides; return its report (also stored in the manifest)."""
+    config.validate()
+    names = ["train.npz"] + [f"spm.{side}.model" for side in SIDES]
+    tokenized = run.verify("tokenize", names, needed_by=STAGE)
+    tokenizer = {side: tokenized["outputs"][f"spm.{side}.model"] for side in SIDES}
+    processors = {side: load_processor(run.path("tokenize", f"spm.{side}.model")) for side in SIDES}
+    extra_paths = {"src": config.extra_src, "tgt": config.extra_tgt}
+    corpora = _read_corpora(run, processors, extra_paths)  # all reading done before RUN/pretrain is touched
+
+    out = run.begin(STAGE)
+    report = {side: _pretrain_side(out, side, number, corpora[side], processors[side], config)
+              for number, side in enumerate(SIDES)}
+    # Inputs are the user's files, as for the other stages; the tokenizer is recorded by hash.
+    inputs = {f"extra_{side}": path for side, path in extra_paths.items() if path}
+    outputs = [f"emb.{side}.{ext}" for side in SIDES for ext in ("npy", "txt")]
+    run.finish(STAGE, asdict(config), inputs, outputs, extra={"tokenizer": tokenizer, "report": report})
+    return report
+
+
+def _pretrain_side(out: Path, side: str, number: int, corpus: tuple, sp: spm.SentencePieceProcessor,
+                   config: PretrainConfig) -> dict[str, Any]:
+    """Train one side's vectors, write emb.SIDE.npy and .txt, and return the side's report."""
+    ids, offsets, extra = corpus
+    started = time.perf_counter()
+    log.info("pretrain %s: %s pieces, %s tokens, %d-d vectors", side, f"{sp.get_piece_size():,}",
+             f"{int(np.count_nonzero(ids >= FIRST_WORD)):,}", config.dim)
+    result = word2vec.train(ids, offsets, sp.get_piece_size(), config, seed=config.seed + number, name=side)
+    _write_vectors(out, side, result.vectors, sp)
+    words_per_second = round(result.effective_words / max(result.train_seconds, 1e-9))
+    log.info("pretrain %s: %s effective words/s over %.1f s", side, f"{words_per_second:,}",
+             result.train_seconds)
+    return {
+        "vocab_size": sp.get_piece_size(),
+        "sentences": len(offsets) - 1,
+        "tokens": int(result.counts.sum()),
+        "extra": extra,
+        "effective_words": result.effective_words,
+        "words_per_second": words_per_second,
+        "train_seconds": round(result.train_seconds, 2),
+        "compile_seconds": round(result.compile_seconds, 2),
+        "seconds": round(time.perf_counter() - started, 2),
+        "neighbours": nearest_neighbours(result.vectors, result.counts, sp),
+    }
+
+
+def load_pretrained(run: Run, side: str) -> np.ndarray | None:
+    """The side's (pieces, dim) vectors; None if the pretrain stage never finished in `run`.
+
+    Raises StageError when the vectors no longer match: the file changed since the stage wrote it,
+    or the run's tokenizer was retrained since.
+    """
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {', '.join(SIDES)}; got {side!r}")
+    if not run.has(STAGE):
+        if run.stage_dir(STAGE).is_dir():
+            log.warning("the pretrain stage in %s did not finish; not using its vectors", run.root)
+        return None
+    name = f"emb.{side}.npy"
+    manifest = run.verify(STAGE, [name])
+    current = run.output_hash("tokenize", f"spm.{side}.model")
+    if manifest.get("tokenizer", {}).get(side) != current:
+        raise StageError(
+            f"the {side} vectors in {run.stage_dir(STAGE)} were made with a different tokenizer "
+            f"than the run's current one",
+            hint=f"rerun `{STAGE_COMMAND[STAGE]} --run {run.root}`",
+        )
+    return np.load(run.path(STAGE, name))
+
+
+def nearest_neighbours(vectors: np.ndarray, counts: np.ndarray, sp: spm.SentencePieceProcessor,
+                       ranks: tuple[int, ...] = SHOW_RANKS, k: int = SHOW_NEIGHBOURS) -> dict[str, list]:
+    """{piece: [[neighbour, cosine], ...]} for the pieces at these frequency ranks (1 = most frequent)."""
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    by_count = np.argsort(-counts, kind="stable")[:np.count_nonzero(counts)]
+    frequent = [int(by_count[r - 1]) for r in ranks if r <= len(by_count)]
+    cosine = unit[frequent] @ unit.T  # (pieces, vocab)
+    cosine[:, :FIRST_WORD] = -np.inf
+    cosine[np.arange(len(frequent)), frequent] = -np.inf
+    shown = {}
+    for row, i in zip(cosine, frequent):
+        best = np.argsort(-row, kind="stable")[:k]
+        shown[sp.id_to_piece(i)] = [[sp.id_to_piece(int(j)), round(float(row[j]), 3)] for j in best]
+    return shown
+
+
+def _read_corpora(run: Run, processors: dict[str, spm.SentencePieceProcessor],
+                  extra_paths: dict[str, str | None]) -> dict[str, tuple[np.ndarray, np.ndarray, Any]]:
+    """Each side's flat ids and sentence offsets: the training pairs, then any extra text."""
+    corpora = {}
+    with np.load(run.path("tokenize", "train.npz")) as z:
+        for side in SIDES:
+            ids, offsets = z[f"{side}_ids"], z[f"{side}_offsets"].astype(np.int64)
+            extra = None
+            if extra_paths[side]:
+                more_ids, lengths = _encode_lines(read_lines(extra_paths[side]), processors[side],
+                                                  f"encoding extra {side}")
+                if not len(lengths):
+                    log.warning("extra %s text %s has no non-empty lines", side, extra_paths[side])
+                ids = np.concatenate([ids, more_ids])
+                offsets = np.concatenate([offsets, offsets[-1] + np.cumsum(lengths)])
+                extra = {"path": str(extra_paths[side]), "sentences": len(lengths), "tokens": len(more_ids)}
+            corpora[side] = (ids, offsets, extra)
+    return corpora
+
+
+def _encode_lines(lines: Iterable[str], sp: spm.SentencePieceProcessor,
+                  desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """Encode text in batches of lines into flat int32 ids and per-line lengths (empty lines skipped)."""
+    ids, lengths = array("i"), array("q")
+    for batch in progress(_batched(lines, ENCODE_BATCH), desc, unit="batch"):
+        for seq in sp.encode(batch):
+            if seq:
+                ids.extend(seq)
+                lengths.append(len(seq))
+    return np.frombuffer(ids, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64)
+
+
+def _batched(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for line in lines:
+        if line.strip():
+            batch.append(line)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_vectors(out: Path, side: str, vectors: np.ndarray, sp: spm.SentencePieceProcessor) -> None:
+    """emb.SIDE.npy, and emb.SIDE.txt in word2vec's text format (`N D`, then `piece v1 ... vD`)."""
+    with atomic_path(out / f"emb.{side}.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, vectors)
+    row = " ".join(["%.9g"] * vectors.shape[1])  # 9 significant digits: float32 reads back exactly
+    with atomic_path(out / f"emb.{side}.txt") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"{vectors.shape[0]} {vectors.shape[1]}\n")
+        for i, vector in enumerate(vectors):
+            f.write(f"{sp.id_to_piece(i)} {row % tuple(vector)}\n")
