@@ -168,13 +168,14 @@ class Searcher:
             fin_lp = tf.gather(tf.concat([fin_lp, top_lp], 1), pick, batch_dims=1)
             fin_seq = tf.gather(tf.concat([fin_seq, top_seq], 1), pick, batch_dims=1)
             if attention:
-                fin_att = tf.gather(tf.concat([fin_att, top_att], 1), pick, batch_dims=1)
+                fin_att = tf.ensure_shape(tf.gather(tf.concat([fin_att, top_att], 1), pick, batch_dims=1),
+                                          fin_att.shape)
 
             # alive: the k best candidates that did not end
             alive_lp, pick = tf.math.top_k(tf.where(is_eos | ~valid, NEG_INF, top_lp), k)
             alive_seq = tf.gather(top_seq, pick, batch_dims=1)
             if attention:
-                alive_att = tf.gather(top_att, pick, batch_dims=1)
+                alive_att = tf.ensure_shape(tf.gather(top_att, pick, batch_dims=1), alive_att.shape)
             parent = tf.gather(origin, pick, batch_dims=1)  # (batch, k)
             flat_parent = tf.reshape(parent + tf.range(batch)[:, tf.newaxis] * k, [-1])
             state = tuple(tf.ensure_shape(tf.gather(s, flat_parent), s.shape) for s in state)

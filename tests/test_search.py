@@ -119,10 +119,13 @@ def test_attention_is_returned_on_request(searcher):
     result = searcher.beam(src, limits, beam=3, length_penalty=1.0, attention=True)
     att = np.asarray(result.attention)[:, 0]  # (batch, steps, src_len)
     tokens = _ids(result)[:, 0]
-    for i in range(3):
+    for i in reversed(range(3)):
         steps = (tokens[i] != PAD).sum()
         np.testing.assert_allclose(att[i, :steps].sum(-1), 1.0, atol=1e-5)
         assert np.all(att[i, :, (src[i] == PAD)] == 0)
+    # traced first for one sentence, the graph sees a static batch size of 1
+    single = Searcher(searcher.model).beam(src[:1], limits[:1], beam=3, length_penalty=1.0, attention=True)
+    np.testing.assert_array_equal(_ids(single)[0, 0][:steps], tokens[0][:steps])
 
 
 def test_seeded_untrained_model_gives_fixed_output(searcher):
