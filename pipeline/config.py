@@ -188,9 +188,10 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]}; valid keys: {', '.join(sorted(known))}"
         )
+    defaults = cls()  # every config class has a default for each field
     kwargs = {}
     for name, value in values.items():
-        default = getattr(cls(), name) if _has_defaults(cls) else None
+        default = getattr(defaults, name)
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
                 raise ConfigError(f"config section [{name}] must be a table")
@@ -218,14 +219,6 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
-
-
-def _has_defaults(cls: type) -> bool:
-    try:
-        cls()
-        return True
-    except TypeError:
-        return False
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

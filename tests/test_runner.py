@@ -73,3 +73,17 @@ def test_shipped_config_is_valid():
 
     config = load_pipeline_config(ROOT / "configs" / "enja.toml")
     assert config.evaluate.tokenize == "none" and config.data.src.endswith("train.ja")
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[train]\nepochs = "ten"\n', "train.epochs must be an integer"),
+    ('[model]\ncell = "rnn"\n', "model.cell must be one of gru, lstm"),
+    ('[decode]\nbeam = 2\nn_best = 3\n', "decode.n_best (3) cannot exceed the beam (2)"),
+    ('train = 3\n', "config section [train] must be a table"),
+])
+def test_bad_values_are_refused_with_the_valid_options(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as error:
+        load_pipeline_config(path)
+    assert message in str(error.value)
