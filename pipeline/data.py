@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import Iterable, Iterator, TextIO, TypeVar
 
 from pipeline.errors import InputError
+
+T = TypeVar("T")
 
 
 def read_lines(path: str | Path) -> Iterator[str]:
@@ -73,6 +75,18 @@ def read_tsv(path: str | Path, src_col: int, tgt_col: int) -> Iterator[tuple[str
                 f"need at least {needed} (columns {src_col} and {tgt_col})"
             )
         yield cols[src_col].strip(), cols[tgt_col].strip()
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last one shorter)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def guess_lang(path: str | Path | None, fallback: str) -> str:

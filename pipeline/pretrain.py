@@ -17,7 +17,7 @@ import time
 from array import array
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import sentencepiece as spm
@@ -25,7 +25,7 @@ import sentencepiece as spm
 from pipeline import word2vec
 from pipeline.artifacts import STAGE_COMMAND, Run, atomic_path
 from pipeline.config import PretrainConfig
-from pipeline.data import read_lines
+from pipeline.data import batched, read_lines
 from pipeline.errors import StageError
 from pipeline.progress import log, progress
 from pipeline.tokenize import load_processor
@@ -150,24 +150,12 @@ def _encode_lines(lines: Iterable[str], sp: spm.SentencePieceProcessor,
                   desc: str) -> tuple[np.ndarray, np.ndarray]:
     """Encode text in batches of lines into flat int32 ids and per-line lengths (empty lines skipped)."""
     ids, lengths = array("i"), array("q")
-    for batch in progress(_batched(lines, ENCODE_BATCH), desc, unit="batch"):
+    for batch in progress(batched((line for line in lines if line.strip()), ENCODE_BATCH), desc, unit="batch"):
         for seq in sp.encode(batch):
             if seq:
                 ids.extend(seq)
                 lengths.append(len(seq))
     return np.frombuffer(ids, dtype=np.int32), np.frombuffer(lengths, dtype=np.int64)
-
-
-def _batched(lines: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for line in lines:
-        if line.strip():
-            batch.append(line)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _write_vectors(out: Path, side: str, vectors: np.ndarray, sp: spm.SentencePieceProcessor) -> None:

@@ -18,7 +18,7 @@ import sentencepiece as spm
 
 from pipeline.artifacts import Run, atomic_path
 from pipeline.config import TokenizeConfig, default_character_coverage
-from pipeline.data import read_parallel, read_tsv
+from pipeline.data import batched, read_parallel, read_tsv
 from pipeline.errors import InputError, PipelineError
 from pipeline.progress import log, progress
 
@@ -168,7 +168,7 @@ def _encode(clean: dict[str, Path], processors: dict[str, spm.SentencePieceProce
     lengths = {side: array("i") for side in SIDES}
     kept = too_long = 0
     with clean["src"].open(encoding="utf-8") as fs, clean["tgt"].open(encoding="utf-8") as ft:
-        for batch in _batches(zip(fs, ft), 1024):
+        for batch in batched(zip(fs, ft), 1024):
             encoded = {side: processors[side].encode([p[i].rstrip("\n") for p in batch])
                        for i, side in enumerate(SIDES)}
             for s_ids, t_ids in zip(encoded["src"], encoded["tgt"]):
@@ -186,17 +186,6 @@ def _encode(clean: dict[str, Path], processors: dict[str, spm.SentencePieceProce
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
     return kept, too_long
-
-
-def _batches(iterable, size):
-    batch = []
-    for item in iterable:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def load_processor(path: str | Path) -> spm.SentencePieceProcessor:
