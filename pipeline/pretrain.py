@@ -28,10 +28,9 @@ from pipeline.config import PretrainConfig
 from pipeline.data import batched, read_lines
 from pipeline.errors import StageError
 from pipeline.progress import log, progress
-from pipeline.tokenize import load_processor
+from pipeline.tokenize import SIDES, load_processor
 
 STAGE = "pretrain"
-SIDES = ("src", "tgt")
 FIRST_WORD = word2vec.FIRST_WORD  # ids below are pad, unk, bos, eos
 ENCODE_BATCH = 4096  # lines of extra text encoded per SentencePiece call
 # The report shows the nearest neighbours of the pieces at these frequency ranks: frequent, but

@@ -6,6 +6,7 @@ A stage is up to date when its manifest records the same settings and the same i
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from typing import Any, Callable
@@ -82,8 +83,6 @@ def _up_to_date(run: Run, stage: str, settings: dict, inputs: dict) -> bool:
 
 
 def _jsonable(obj: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(obj))
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.artifacts import Run, atomic_path, write_json_atomic
-from pipeline.config import ModelConfig, TrainConfig
+from pipeline.config import DecodeConfig, ModelConfig, TrainConfig
 from pipeline.data import read_parallel
 from pipeline.errors import InputError, StageError
 from pipeline.model import Seq2Seq, build_model
@@ -170,7 +170,7 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
     config.validate()
     processors, tok_manifest = load_tokenizers(run, needed_by="train")
     encoded = load_encoded(run, needed_by="train")
-    tokenizer_hashes = {s: run.output_hash("tokenize", f"spm.{s}.model") for s in SIDES}
+    tokenizer_hashes = {s: tok_manifest["outputs"][f"spm.{s}.model"] for s in SIDES}
     embeddings = _pretrained(run, model_config, config)
 
     out = run.stage_dir(STAGE)
@@ -218,8 +218,7 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
     train_ds = make_dataset(src, tgt, config.batch_size, shuffle=True, seed=config.seed)
     dev_ds = make_dataset(dev_ids["src"], dev_ids["tgt"], config.batch_size, shuffle=False, seed=0)
 
-    from pipeline.config import DecodeConfig
-    from pipeline.translate import Translator
+    from pipeline.translate import Translator  # translate imports this module's load_best_model
 
     translator = Translator(model, processors["src"], processors["tgt"])
     dev_decode = DecodeConfig(strategy="beam" if config.dev_beam > 1 else "greedy", beam=config.dev_beam)
