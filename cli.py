@@ -145,6 +145,9 @@ def train(
     label_smoothing: float = typer.Option(_Tr.label_smoothing),
     clip_norm: float = typer.Option(_Tr.clip_norm, help="Global gradient-norm clipping."),
     patience: int = typer.Option(_Tr.patience, help="Epochs without a better dev BLEU before stopping."),
+    time_budget: float = typer.Option(_Tr.time_budget, help="Stop after this many minutes (0: no limit)."),
+    keep_checkpoints: int = typer.Option(_Tr.keep_checkpoints,
+                                         help="Keep the last N epochs' weights for `average` (0: all)."),
     tie_embeddings: bool = typer.Option(_M.tie_embeddings, help="Share the target embedding with the output layer."),
     pretrained: bool = typer.Option(_Tr.pretrained, help="Initialise embeddings from the pretrain stage if it ran."),
     freeze_embeddings: bool = typer.Option(_Tr.freeze_embeddings, help="Keep pretrained embeddings fixed."),
@@ -162,7 +165,8 @@ def train(
                             tie_embeddings=tie_embeddings)
         config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                              clip_norm=clip_norm, label_smoothing=label_smoothing, patience=patience,
-                             pretrained=pretrained, freeze_embeddings=freeze_embeddings, seed=seed)
+                             pretrained=pretrained, freeze_embeddings=freeze_embeddings,
+                             time_budget=time_budget, keep_checkpoints=keep_checkpoints, seed=seed)
         return stage(Run.at(run), model, config, dev_src=dev_src and str(dev_src),
                      dev_tgt=dev_tgt and str(dev_tgt), resume=resume, bleu_tokenize=bleu_tokenize)
 

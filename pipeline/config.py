@@ -94,11 +94,15 @@ class TrainConfig:
     freeze_embeddings: bool = False
     max_len: int = 80  # pieces; longer training pairs are skipped
     dev_beam: int = 1  # beam size for the per-epoch dev BLEU (1 = greedy, fast)
+    keep_checkpoints: int = 5  # the last N epochs' weights, for checkpoint averaging; 0 keeps all
+    time_budget: float = 0.0  # minutes of training (validation included) before stopping; 0 = none
     seed: int = 1234
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "max_len", "dev_beam"):
             _positive(f"train.{name}", getattr(self, name))
+        if self.keep_checkpoints < 0 or self.time_budget < 0:
+            raise ConfigError("train.keep_checkpoints and train.time_budget must be >= 0")
         if self.learning_rate <= 0 or self.clip_norm <= 0:
             raise ConfigError("train.learning_rate and train.clip_norm must be positive")
         if not 0 <= self.label_smoothing < 1:

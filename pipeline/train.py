@@ -111,11 +111,15 @@ class DevBleu(keras.callbacks.Callback):
 
 
 class Throughput(keras.callbacks.Callback):
-    """Target tokens per second of training proper (validation excluded), as `train_tok_per_s`."""
+    """Target tokens per second of training proper (validation excluded), as `train_tok_per_s`,
+    and the wall time since training began (validation included), as `elapsed_s`."""
 
     def __init__(self, tokens_per_epoch: int):
         super().__init__()
         self.tokens = tokens_per_epoch
+
+    def on_train_begin(self, logs=None):
+        self.began = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start, self.train_s = time.perf_counter(), None
@@ -128,6 +132,40 @@ class Throughput(keras.callbacks.Callback):
         train_s = self.train_s or time.perf_counter() - self.start
         logs["train_s"] = train_s
         logs["train_tok_per_s"] = self.tokens / train_s
+        logs["elapsed_s"] = time.perf_counter() - self.began
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training once `minutes` of wall time have passed; the cut epoch is still validated."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = minutes * 60
+
+    def on_train_begin(self, logs=None):
+        self.began = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self.began >= self.seconds:
+            self.model.stop_training = True
+
+
+class EpochCheckpoints(keras.callbacks.Callback):
+    """Saves each epoch's weights as `checkpoints/epoch-NNN.weights.h5`, keeping the last `keep`
+    (0: all), for checkpoint averaging (`python cli.py average`)."""
+
+    def __init__(self, directory, keep: int):
+        super().__init__()
+        self.directory, self.keep = directory, keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.directory / f"epoch-{epoch + 1:03d}.weights.h5") as tmp:
+            self.model.save_weights(tmp)
+        saved = sorted(self.directory.glob("epoch-*.weights.h5"))
+        if self.keep:
+            for old in saved[:-self.keep]:
+                old.unlink()
 
 
 class BatchProgress(keras.callbacks.Callback):
@@ -180,6 +218,7 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
     run.begin(STAGE)
     if not resume:
         shutil.rmtree(backup, ignore_errors=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
         for name in ("model.keras", "history.csv", "state.json"):
             (out / name).unlink(missing_ok=True)
 
@@ -231,9 +270,12 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
                                           min_delta=0.1, min_lr=config.learning_rate / 64, verbose=0),
         keras.callbacks.EarlyStopping(monitor="val_bleu", mode="max", patience=config.patience, min_delta=0.1),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=resume),
+        EpochCheckpoints(out / "checkpoints", config.keep_checkpoints),
         EpochLog(config.epochs),
         BatchProgress(config.epochs),
     ]
+    if config.time_budget:
+        callbacks.append(TimeBudget(config.time_budget))
     log.info("training on %d pairs (%d target tokens an epoch), dev %d pairs, %d parameters",
              len(src), tokens_per_epoch, len(dev_raw_src), model.count_params())
     start = time.perf_counter()

@@ -113,3 +113,22 @@ def test_resume_without_an_interrupted_run_is_an_error(tmp_path, toy_corpus):
     run = _tokenized(tmp_path, toy_corpus)
     with pytest.raises(StageError, match="nothing to resume"):
         train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=1), resume=True)
+
+
+def test_each_epoch_is_checkpointed_keeping_the_last_n(tmp_path, toy_corpus):
+    run = _tokenized(tmp_path, toy_corpus)
+    train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=3, batch_size=64, patience=10, keep_checkpoints=2),
+          dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
+    kept = sorted(p.name for p in run.stage_dir("train").joinpath("checkpoints").iterdir())
+    assert kept == ["epoch-002.weights.h5", "epoch-003.weights.h5"]
+    with open(run.path("train", "history.csv")) as f:
+        elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(f)]
+    assert len(elapsed) == 3 and elapsed == sorted(elapsed) and elapsed[0] > 0
+
+
+def test_a_time_budget_stops_training_within_the_first_epoch(tmp_path, toy_corpus):
+    run = _tokenized(tmp_path, toy_corpus)
+    report = train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=5, batch_size=8, time_budget=1e-6),
+                   dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
+    assert report["epochs_run"] == 1
+    assert run.path("train", "model.keras").is_file()  # the cut epoch was still validated and saved
