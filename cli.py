@@ -33,6 +33,7 @@ app = typer.Typer(
 _state = {"verbose": False}
 
 RunOpt = typer.Option(..., "--run", help="Run directory, e.g. saved_models/NAME.")
+RunsOpt = typer.Option(..., "--run", help="Run directory; repeat it to ensemble several runs' models.")
 
 
 @app.callback()
@@ -198,7 +199,7 @@ DecodeBatchOpt = typer.Option(_D.batch_size, "--batch-size", help="Sentences dec
 
 @app.command()
 def translate(
-    run: Path = RunOpt,
+    run: list[Path] = RunsOpt,
     input: Path = typer.Option(Path("-"), "--input", "-i", help="Source text, one sentence a line; - for stdin."),
     output: Path = typer.Option(Path("-"), "--output", "-o", help="Where translations go; - for stdout."),
     greedy: bool = GreedyOpt,
@@ -225,7 +226,7 @@ def translate(
         if (attention or n_best > 1) and format != "jsonl":
             raise ConfigError("--attention and --n-best need --format jsonl")
         config = _decode_config(greedy, beam, sample, temperature, top_k, length_penalty, n_best, batch_size, seed)
-        translator = Translator.load(Run.at(run))
+        translator = Translator.load([Run.at(r) for r in run])
         lines = read_lines(input)
         if str(input) != "-":
             lines = list(lines)  # read it all first: a bad file fails before any output
@@ -250,7 +251,7 @@ def translate(
 
 @app.command()
 def evaluate(
-    run: Path = RunOpt,
+    run: list[Path] = RunsOpt,
     src: Path = typer.Option(..., help="Test source text."),
     ref: Path = typer.Option(..., help="Reference translations, line-aligned with --src."),
     tokenize: str = typer.Option("none", help="BLEU tokenisation: none (pre-tokenised data) or 13a (raw text), ..."),
@@ -267,7 +268,7 @@ def evaluate(
 
     def go():
         config = _decode_config(greedy, beam, False, 1.0, 0, length_penalty, 1, batch_size, 0)
-        return stage(Run.at(run), str(src), str(ref), config, EvaluateConfig(tokenize=tokenize))
+        return stage([Run.at(r) for r in run], str(src), str(ref), config, EvaluateConfig(tokenize=tokenize))
 
     report = _guard(go)
     if as_json:
@@ -275,6 +276,37 @@ def evaluate(
     else:
         typer.echo(f"BLEU {report['bleu']:.2f} (nltk)  {report['sacrebleu']:.2f} (sacreBLEU {report['signature']})"
                    f"  chrF {report['chrf']:.2f}")
+
+
+@app.command()
+def score(
+    run: list[Path] = RunsOpt,
+    src: Path = typer.Option(..., help="Source sentences, one a line."),
+    tgt: Path = typer.Option(..., help="Target sentences to score, line-aligned with --src."),
+    format: str = typer.Option("text", "--format",
+                               help="text: one log-probability a line; jsonl: with per-piece scores."),
+    batch_size: int = DecodeBatchOpt,
+):
+    """Log-probability of each target sentence given its source under the model (or ensemble)."""
+    from pipeline.artifacts import Run
+    from pipeline.data import read_parallel
+    from pipeline.errors import ConfigError
+    from pipeline.score import Scorer
+
+    def go():
+        if format not in ("text", "jsonl"):
+            raise ConfigError(f"--format must be text or jsonl; got {format!r}")
+        if batch_size < 1:
+            raise ConfigError("--batch-size must be >= 1")
+        scorer = Scorer.load([Run.at(r) for r in run])
+        pairs = list(read_parallel(src, tgt))  # a bad file fails before any output
+        for result in scorer.score(pairs, batch_size=batch_size):
+            line = (f"{result.log_prob:.4f}" if format == "text"
+                    else json.dumps(result.to_json(), ensure_ascii=False))
+            sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    _guard(go)
 
 
 @app.command()

@@ -1,14 +1,15 @@
 """Stage 5: translate a test set with the run's best model and score it against references.
 
 Writes `RUN/evaluate/hypotheses.txt` and `report.json` (BLEU from nltk and sacreBLEU on the same
-tokens, sacreBLEU's signature, chrF, the decoding settings, timings, the hypotheses).
+tokens, sacreBLEU's signature, chrF, the decoding settings, timings, the hypotheses). An ensemble
+of runs writes to the first run's `evaluate_ensemble/` instead, naming its members.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Sequence
 
 from pipeline import bleu
 from pipeline.artifacts import Run, write_json_atomic, write_text_atomic
@@ -19,17 +20,21 @@ from pipeline.progress import progress
 from pipeline.translate import Translator
 
 STAGE = "evaluate"
+ENSEMBLE_STAGE = "evaluate_ensemble"
 
 
-def evaluate(run: Run, src: str, ref: str, decode: DecodeConfig, config: EvaluateConfig) -> dict[str, Any]:
+def evaluate(runs: Run | Sequence[Run], src: str, ref: str, decode: DecodeConfig,
+             config: EvaluateConfig) -> dict[str, Any]:
     decode.validate()
     config.validate()
+    runs = [runs] if isinstance(runs, Run) else list(runs)
+    run, stage = runs[0], STAGE if len(runs) == 1 else ENSEMBLE_STAGE
     pairs = list(read_parallel(src, ref))
     if not pairs:
         raise InputError(f"{src} is empty: nothing to evaluate")
     sources, references = [s for s, _ in pairs], [r for _, r in pairs]
-    translator = Translator.load(run, needed_by="evaluate")
-    out = run.begin(STAGE)
+    translator = Translator.load(runs, needed_by="evaluate")
+    out = run.begin(stage)
 
     start = time.perf_counter()
     hypotheses = [h.text for h in progress(translator.translate(sources, decode), "translating",
@@ -50,11 +55,12 @@ def evaluate(run: Run, src: str, ref: str, decode: DecodeConfig, config: Evaluat
         "sentences_per_s": round(len(sources) / decode_s, 1),
         "src": str(src),
         "ref": str(ref),
+        "runs": [str(r.root) for r in runs],
         "hypotheses": hypotheses,
     }
     write_text_atomic(out / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
     write_json_atomic(out / "report.json", report)
-    run.finish(STAGE, {"decode": asdict(decode), "evaluate": asdict(config)}, {"src": src, "ref": ref},
+    run.finish(stage, {"decode": asdict(decode), "evaluate": asdict(config)}, {"src": src, "ref": ref},
                ["hypotheses.txt", "report.json"],
-               extra={"model": run.output_hash("train", "model.keras")})
+               extra={"models": {str(r.root): r.output_hash("train", "model.keras") for r in runs}})
     return report

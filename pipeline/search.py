@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from pipeline.model import Encoded, Seq2Seq
+from pipeline.model import Seq2Seq
 from pipeline.tokenize import BOS, EOS, PAD
 
 NEG_INF = -1e9
@@ -42,7 +42,8 @@ def _repeat(x, k):
 
 
 class Searcher:
-    """Compiled search functions for one model."""
+    """Compiled search functions for one model, or an `Ensemble` (anything with `encode` and
+    `decode_step`; encodings and states may be nested structures)."""
 
     def __init__(self, model: Seq2Seq):
         self.model = model
@@ -121,8 +122,8 @@ class Searcher:
         encoded, state = model.encode(src)
         batch = tf.shape(src)[0]
         src_len = tf.shape(src)[1]
-        encoded = Encoded(*(_repeat(x, k) for x in encoded))
-        state = tuple(_repeat(s, k) for s in state)
+        encoded = tf.nest.map_structure(lambda x: _repeat(x, k), encoded)
+        state = tf.nest.map_structure(lambda s: _repeat(s, k), state)
         max_len = tf.reduce_max(limits)
         limits_k = _repeat(limits, k)
         att_len = max_len if attention else 0
@@ -178,7 +179,7 @@ class Searcher:
                 alive_att = tf.ensure_shape(tf.gather(top_att, pick, batch_dims=1), alive_att.shape)
             parent = tf.gather(origin, pick, batch_dims=1)  # (batch, k)
             flat_parent = tf.reshape(parent + tf.range(batch)[:, tf.newaxis] * k, [-1])
-            state = tuple(tf.ensure_shape(tf.gather(s, flat_parent), s.shape) for s in state)
+            state = tf.nest.map_structure(lambda s: tf.ensure_shape(tf.gather(s, flat_parent), s.shape), state)
             tokens = tf.ensure_shape(tf.reshape(tf.gather(token, pick, batch_dims=1), [-1]), tokens.shape)
             t += 1
         return SearchResult(fin_seq[:, :, :t], fin_score, fin_lp, fin_att[:, :, :t] if attention else fin_att)

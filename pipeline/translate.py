@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
 from pipeline.artifacts import Run
 from pipeline.config import DecodeConfig
-from pipeline.tokenize import EOS, PAD, load_tokenizers
+from pipeline.errors import StageError
+from pipeline.tokenize import EOS, PAD, SIDES, load_tokenizers
 
 CHUNK = 4096  # sentences sorted by length together; bounds memory on endless input
 
@@ -37,6 +38,8 @@ class Hypothesis:
 
 
 class Translator:
+    """Translates with one model, or an `Ensemble` of several."""
+
     def __init__(self, model, sp_src: spm.SentencePieceProcessor, sp_tgt: spm.SentencePieceProcessor):
         from pipeline.search import Searcher
 
@@ -44,11 +47,12 @@ class Translator:
         self.searcher = Searcher(model)
 
     @classmethod
-    def load(cls, run: Run, needed_by: str = "translate") -> "Translator":
-        from pipeline.train import load_best_model
+    def load(cls, runs: Run | Sequence[Run], needed_by: str = "translate") -> "Translator":
+        """The best model of one run, or an ensemble of several runs' best models."""
+        from pipeline.ensemble import Ensemble
 
-        processors, _ = load_tokenizers(run, needed_by)
-        model = load_best_model(run, needed_by)
+        processors, models = load_models(runs, needed_by)
+        model = models[0] if len(models) == 1 else Ensemble(models)
         return cls(model, processors["src"], processors["tgt"])
 
     def translate(self, lines: Iterable[str], config: DecodeConfig, attention: bool = False) -> Iterator[Hypothesis]:
@@ -94,6 +98,23 @@ class Translator:
                 hyp.tgt_pieces = [self.sp_tgt.id_to_piece(j) for j in best] + ["</s>"]
             hyps.append(hyp)
         return hyps
+
+
+def load_models(runs: Run | Sequence[Run], needed_by: str) -> tuple[dict[str, spm.SentencePieceProcessor], list]:
+    """The tokenizers and best models of one or more runs, which must share the tokenizers."""
+    from pipeline.train import load_best_model
+
+    runs = [runs] if isinstance(runs, Run) else list(runs)
+    processors, first = load_tokenizers(runs[0], needed_by)
+    for run in runs[1:]:
+        _, manifest = load_tokenizers(run, needed_by)
+        if any(manifest["outputs"][f"spm.{s}.model"] != first["outputs"][f"spm.{s}.model"] for s in SIDES):
+            raise StageError(
+                f"{run.root} and {runs[0].root} have different SentencePiece models; "
+                "an ensemble needs runs tokenized alike",
+                hint=f"tokenize each run with the same data and settings, or copy {runs[0].root}/tokenize",
+            )
+    return processors, [load_best_model(run, needed_by) for run in runs]
 
 
 def pad(sequences: list[list[int]], length: int | None = None) -> np.ndarray:
