@@ -105,16 +105,21 @@ def load_models(runs: Run | Sequence[Run], needed_by: str) -> tuple[dict[str, sp
     from pipeline.train import load_best_model
 
     runs = [runs] if isinstance(runs, Run) else list(runs)
-    processors, first = load_tokenizers(runs[0], needed_by)
+    processors, _ = load_tokenizers(runs[0], needed_by)
     for run in runs[1:]:
-        _, manifest = load_tokenizers(run, needed_by)
-        if any(manifest["outputs"][f"spm.{s}.model"] != first["outputs"][f"spm.{s}.model"] for s in SIDES):
+        others, _ = load_tokenizers(run, needed_by)
+        # the model files also record their training paths, so compare what they encode with
+        if any(_vocabulary(others[s]) != _vocabulary(processors[s]) for s in SIDES):
             raise StageError(
                 f"{run.root} and {runs[0].root} have different SentencePiece models; "
                 "an ensemble needs runs tokenized alike",
                 hint=f"tokenize each run with the same data and settings, or copy {runs[0].root}/tokenize",
             )
     return processors, [load_best_model(run, needed_by) for run in runs]
+
+
+def _vocabulary(sp: spm.SentencePieceProcessor) -> list[tuple[str, float]]:
+    return [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
 
 
 def pad(sequences: list[list[int]], length: int | None = None) -> np.ndarray:
