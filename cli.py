@@ -149,6 +149,8 @@ def train(
     time_budget: float = typer.Option(_Tr.time_budget, help="Stop after this many minutes (0: no limit)."),
     keep_checkpoints: int = typer.Option(_Tr.keep_checkpoints,
                                          help="Keep the last N epochs' weights for `average` (0: all)."),
+    average_checkpoints: int = typer.Option(_Tr.average_checkpoints,
+                                            help="Average the last N epochs at the end if dev BLEU gains (0: off)."),
     tie_embeddings: bool = typer.Option(_M.tie_embeddings, help="Share the target embedding with the output layer."),
     pretrained: bool = typer.Option(_Tr.pretrained, help="Initialise embeddings from the pretrain stage if it ran."),
     freeze_embeddings: bool = typer.Option(_Tr.freeze_embeddings, help="Keep pretrained embeddings fixed."),
@@ -167,11 +169,27 @@ def train(
         config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                              clip_norm=clip_norm, label_smoothing=label_smoothing, patience=patience,
                              pretrained=pretrained, freeze_embeddings=freeze_embeddings,
-                             time_budget=time_budget, keep_checkpoints=keep_checkpoints, seed=seed)
+                             time_budget=time_budget, keep_checkpoints=keep_checkpoints,
+                             average_checkpoints=average_checkpoints, seed=seed)
         return stage(Run.at(run), model, config, dev_src=dev_src and str(dev_src),
                      dev_tgt=dev_tgt and str(dev_tgt), resume=resume, bleu_tokenize=bleu_tokenize)
 
     _print_json(_guard(go))
+
+
+@app.command()
+def average(
+    run: Path = RunOpt,
+    last: int = typer.Option(_Tr.average_checkpoints, help="How many of the last epoch checkpoints to average."),
+    dev_src: Optional[Path] = typer.Option(None, help="Dev source (default: the one training used)."),
+    dev_tgt: Optional[Path] = typer.Option(None, help="Dev target (default: the one training used)."),
+):
+    """Average a trained run's last checkpoints; keep the result if its dev BLEU is higher."""
+    from pipeline.artifacts import Run
+    from pipeline.average import average_run
+
+    _print_json(_guard(lambda: average_run(Run.at(run), last, dev_src=dev_src and str(dev_src),
+                                           dev_tgt=dev_tgt and str(dev_tgt))))
 
 
 def _decode_config(greedy: bool, beam: int, sample: bool, temperature: float, top_k: int,

@@ -95,14 +95,18 @@ class TrainConfig:
     max_len: int = 80  # pieces; longer training pairs are skipped
     dev_beam: int = 1  # beam size for the per-epoch dev BLEU (1 = greedy, fast)
     keep_checkpoints: int = 5  # the last N epochs' weights, for checkpoint averaging; 0 keeps all
+    average_checkpoints: int = 5  # at the end, average the last N epochs; kept if dev BLEU improves
     time_budget: float = 0.0  # minutes of training (validation included) before stopping; 0 = none
     seed: int = 1234
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "max_len", "dev_beam"):
             _positive(f"train.{name}", getattr(self, name))
-        if self.keep_checkpoints < 0 or self.time_budget < 0:
-            raise ConfigError("train.keep_checkpoints and train.time_budget must be >= 0")
+        if self.keep_checkpoints < 0 or self.time_budget < 0 or self.average_checkpoints < 0:
+            raise ConfigError("train.keep_checkpoints, average_checkpoints and time_budget must be >= 0")
+        if 0 < self.keep_checkpoints < self.average_checkpoints:
+            raise ConfigError(f"train.average_checkpoints ({self.average_checkpoints}) needs at least as many "
+                              f"kept checkpoints; keep_checkpoints is {self.keep_checkpoints}")
         if self.learning_rate <= 0 or self.clip_norm <= 0:
             raise ConfigError("train.learning_rate and train.clip_norm must be positive")
         if not 0 <= self.label_smoothing < 1:

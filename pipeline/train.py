@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.artifacts import Run, atomic_path, write_json_atomic
+from pipeline.average import last_checkpoints, try_average
 from pipeline.config import DecodeConfig, ModelConfig, TrainConfig
 from pipeline.data import read_parallel
 from pipeline.errors import InputError, StageError
@@ -283,15 +284,24 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
         warnings.filterwarnings("ignore", message=".*ran out of data")
         history = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, callbacks=callbacks,
                             shuffle=False, verbose=0)
-    wall = time.perf_counter() - start
     if not (out / "model.keras").is_file():
         raise StageError("training ended before the first epoch finished; no model was saved")
 
     state = json.loads(state_path.read_text())
+    averaged = None
+    checkpoints = last_checkpoints(run, config.average_checkpoints) if config.average_checkpoints > 1 else []
+    if len(checkpoints) > 1:
+        averaged = try_average(model, translator, checkpoints, dev_raw_src, dev_raw_tgt, dev_decode, bleu_tokenize,
+                               state["best_bleu"], out / "model.keras")
+        if averaged["kept"]:
+            state = {**state, "best_bleu": averaged["dev_bleu"], "averaged": len(checkpoints)}
+            write_json_atomic(state_path, state)
+    wall = time.perf_counter() - start
     h = history.history
     report = {
         "best_dev_bleu": state["best_bleu"],
         "best_epoch": state["best_epoch"] + 1,
+        "average": averaged,
         "epochs_run": len(h.get("loss", [])),
         "train_pairs": len(src),
         "dev_pairs": len(dev_raw_src),

@@ -117,7 +117,7 @@ def test_resume_without_an_interrupted_run_is_an_error(tmp_path, toy_corpus):
 
 def test_each_epoch_is_checkpointed_keeping_the_last_n(tmp_path, toy_corpus):
     run = _tokenized(tmp_path, toy_corpus)
-    train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=3, batch_size=64, patience=10, keep_checkpoints=2),
+    train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=3, batch_size=64, patience=10, keep_checkpoints=2, average_checkpoints=2),
           dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
     kept = sorted(p.name for p in run.stage_dir("train").joinpath("checkpoints").iterdir())
     assert kept == ["epoch-002.weights.h5", "epoch-003.weights.h5"]

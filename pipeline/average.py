@@ -1,0 +1,94 @@
+"""Checkpoint averaging: the mean of the last epochs' weights, kept if it beats the best epoch.
+
+Averaging the parameters of the last few checkpoints smooths out the noise of the final updates
+(Junczys-Dowmunt et al. 2016; Vaswani et al. 2017 average the last 5-20). The train stage does it
+at its end (`average_checkpoints`); `python cli.py average` does it afterwards for a finished
+run. Either way the averaged model replaces `train/model.keras` only if its dev BLEU, measured as
+the per-epoch dev BLEU is, is higher.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.artifacts import Run, write_json_atomic
+from pipeline.config import DecodeConfig
+from pipeline.data import read_parallel
+from pipeline.errors import StageError
+from pipeline.model import Seq2Seq
+from pipeline.progress import log
+
+STAGE = "train"
+
+
+def last_checkpoints(run: Run, n: int) -> list[Path]:
+    return sorted(run.stage_dir(STAGE).joinpath("checkpoints").glob("epoch-*.weights.h5"))[-n:]
+
+
+def mean_weights(model: Seq2Seq, paths: list[Path]) -> list[np.ndarray]:
+    """The element-wise mean of the weights saved at `paths` for a model shaped like `model`."""
+    scratch = Seq2Seq.from_config(model.get_config())
+    scratch.build()
+    total = None
+    for path in paths:
+        scratch.load_weights(path)
+        weights = [w.astype(np.float64) for w in scratch.get_weights()]
+        total = weights if total is None else [a + b for a, b in zip(total, weights)]
+    return [(t / len(paths)).astype(np.float32) for t in total]
+
+
+def try_average(model: Seq2Seq, translator, paths: list[Path], dev_src: list[str], dev_ref: list[str],
+                decode: DecodeConfig, tokenize: str, best_bleu: float, best_path: Path) -> dict[str, Any]:
+    """Set `model` (the translator's) to the mean of `paths`; save it to `best_path` if its dev BLEU
+    beats `best_bleu`. Returns what happened."""
+    from pipeline.bleu import score
+    from pipeline.train import save_for_inference
+
+    model.set_weights(mean_weights(model, paths))
+    hyps = [h.text for h in translator.translate(dev_src, decode)]
+    bleu = score(hyps, dev_ref, tokenize=tokenize)["sacrebleu"]
+    kept = bleu > best_bleu
+    if kept:
+        save_for_inference(model, best_path)
+    log.info("average of the last %d checkpoints: dev BLEU %.2f vs best epoch %.2f; %s", len(paths), bleu,
+             best_bleu, "kept" if kept else "not kept")
+    return {"checkpoints": [p.name for p in paths], "dev_bleu": bleu, "best_epoch_dev_bleu": best_bleu,
+            "kept": kept}
+
+
+def average_run(run: Run, last: int, dev_src: str | None = None, dev_tgt: str | None = None) -> dict[str, Any]:
+    """Average a finished run's last `last` checkpoints (`python cli.py average`)."""
+    from pipeline.translate import Translator
+
+    manifest = run.verify(STAGE, ["model.keras"], needed_by="average")
+    paths = last_checkpoints(run, last)
+    if len(paths) < 2:
+        raise StageError(f"{run.root} has {len(paths)} epoch checkpoint(s); averaging needs 2 or more",
+                         hint="train with --keep-checkpoints N (N >= 2)")
+    recorded = manifest.get("inputs", {})
+    dev_src = dev_src or recorded.get("dev_src", {}).get("path")
+    dev_tgt = dev_tgt or recorded.get("dev_tgt", {}).get("path")
+    if not (dev_src and dev_tgt):
+        raise StageError(f"{run.root} was trained on a held-out part of its training data",
+                         hint="give --dev-src and --dev-tgt")
+    pairs = list(read_parallel(dev_src, dev_tgt))
+    state_path = run.path(STAGE, "state.json")
+    best = json.loads(state_path.read_text())["best_bleu"]
+    translator = Translator.load(run, needed_by="average")
+    train_config = manifest["config"]["train"]
+    decode = DecodeConfig(strategy="beam" if train_config["dev_beam"] > 1 else "greedy",
+                          beam=train_config["dev_beam"])
+    result = try_average(translator.model, translator, paths, [s for s, _ in pairs], [t for _, t in pairs], decode,
+                         manifest["config"]["bleu_tokenize"], best, run.path(STAGE, "model.keras"))
+    if result["kept"]:
+        write_json_atomic(state_path, {**json.loads(state_path.read_text()), "best_bleu": result["dev_bleu"],
+                                       "averaged": len(paths)})
+        report = {**manifest.get("report", {}), "average": result, "best_dev_bleu": result["dev_bleu"]}
+        run.finish(STAGE, manifest["config"], {k: v["path"] for k, v in recorded.items()},
+                   list(manifest["outputs"]), extra={"tokenizer": manifest["tokenizer"], "report": report})
+    return result
+
