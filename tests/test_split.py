@@ -156,6 +156,112 @@ def test_split_config_is_validated(tmp_path, text, message):
     assert error.value.message == message
 
 
+def _pipeline_config(tmp_path, tsv, seed: int = 1234):
+    return load_pipeline_config(_write(tmp_path / "split.toml", f"""
+run = "{tmp_path / 'run'}"
+[data]
+tsv = "{tsv}"
+src_lang = "ja"
+tgt_lang = "en"
+[split]
+dev = 30
+test = 40
+seed = {seed}
+[tokenize]
+vocab_size = 60
+[pretrain]
+dim = 16
+epochs = 1
+[model]
+embed_dim = 16
+units = 16
+attention_units = 16
+[train]
+epochs = 1
+[decode]
+beam = 2
+[evaluate]
+tokenize = "13a"
+"""))
+
+
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """The stages after split, replaced by recorders of their arguments (they write no manifest)."""
+    calls = {}
+
+    def recorder(name):
+        def stage(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return {}
+        return stage
+
+    for module, name in (("tokenize", "tokenize"), ("pretrain", "pretrain"), ("train", "train"),
+                         ("evaluate", "evaluate")):
+        monkeypatch.setattr(f"pipeline.{module}.{name}", recorder(name))
+    return calls
+
+
+def test_runner_feeds_the_split_to_the_later_stages_and_skips_it_when_up_to_date(corpus, tmp_path, fake_stages):
+    from pipeline.runner import run_pipeline
+
+    first = run_pipeline(_pipeline_config(tmp_path, corpus["tsv"]))
+    assert list(first["stages"]) == ["split", "tokenize", "pretrain", "train", "evaluate"]
+    assert first["stages"]["split"]["status"] == "ran"
+    assert first["stages"]["split"]["report"]["test"] == 40
+    split_dir = tmp_path / "run" / "split"
+    tok = fake_stages["tokenize"][1]
+    assert (tok["src"], tok["tgt"], tok["tsv"]) == (str(split_dir / "train.src"), str(split_dir / "train.tgt"), None)
+    assert (tok["src_lang"], tok["tgt_lang"]) == ("ja", "en")
+    train = fake_stages["train"][1]
+    assert (train["dev_src"], train["dev_tgt"]) == (str(split_dir / "dev.src"), str(split_dir / "dev.tgt"))
+    assert fake_stages["evaluate"][0][1:3] == (str(split_dir / "test.src"), str(split_dir / "test.tgt"))
+
+    fake_stages.clear()
+    again = run_pipeline(_pipeline_config(tmp_path, corpus["tsv"]))
+    assert again["stages"]["split"] == {"status": "skipped", "report": first["stages"]["split"]["report"]}
+    assert "tokenize" in fake_stages  # the fakes wrote no manifest, so the later stages run again
+
+    assert run_pipeline(_pipeline_config(tmp_path, corpus["tsv"], seed=5))["stages"]["split"]["status"] == "ran"
+    with corpus["tsv"].open("a", encoding="utf-8") as f:
+        f.write("A new pair.\t新しい 。\n")
+    assert run_pipeline(_pipeline_config(tmp_path, corpus["tsv"], seed=5))["stages"]["split"]["status"] == "ran"
+
+
+def test_pipeline_end_to_end_on_a_split_corpus(tmp_path):
+    from pipeline.runner import run_pipeline
+
+    tsv = _tsv(tmp_path, toy_pairs(600, seed=11))
+    first = run_pipeline(_pipeline_config(tmp_path, tsv))
+    assert {name: stage["status"] for name, stage in first["stages"].items()} == {
+        "split": "ran", "tokenize": "ran", "pretrain": "ran", "train": "ran", "evaluate": "ran"}
+    distinct = first["stages"]["split"]["report"]["distinct"]
+    assert first["stages"]["tokenize"]["report"]["kept"] == distinct - 70
+    assert first["stages"]["train"]["report"]["dev_pairs"] == 30
+    evaluation = first["stages"]["evaluate"]["report"]
+    assert evaluation["sentences"] == 40 and "tok:13a" in evaluation["signature"]
+
+    again = run_pipeline(_pipeline_config(tmp_path, tsv))
+    assert [stage["status"] for stage in again["stages"].values()] == ["skipped"] * 5
+
+
+def test_shipped_tatoeba_config():
+    config = load_pipeline_config(ROOT / "configs" / "tatoeba_jaen.toml")
+    assert config.data.tsv == "data/tatoeba_jpn_eng/jpn.txt"
+    assert (config.data.tsv_src_col, config.data.tsv_tgt_col) == (1, 0)
+    assert (config.data.src_lang, config.data.tgt_lang) == ("ja", "en")
+    assert (config.split.dev, config.split.test) == (500, 500)
+    assert config.evaluate.tokenize == "13a"
+    enja = load_pipeline_config(ROOT / "configs" / "enja.toml")
+    for section in ("tokenize", "pretrain", "model", "train", "decode"):
+        assert getattr(config, section) == getattr(enja, section), section
+
+
 @pytest.mark.slow
 def test_real_tatoeba_file(tmp_path):
     if not TATOEBA.is_file():
