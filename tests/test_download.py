@@ -158,7 +158,8 @@ def test_a_corpus_without_a_pinnable_url_asks_for_a_local_copy(tmp_path):
     with pytest.raises(ConfigError) as err:
         dl.download("tatoeba_jpn_eng", tmp_path / "data")
     assert err.value.message.startswith("tatoeba_jpn_eng cannot be downloaded: its public source, ")
-    assert err.value.hint == "copy a local copy: `python cli.py download tatoeba_jpn_eng --from DIR`, DIR holding jpn.txt"
+    assert err.value.hint == ("copy a local copy: `python cli.py download tatoeba_jpn_eng --from DIR`, "
+                              "DIR holding jpn.txt")
     assert not (tmp_path / "data").exists()
 
 
