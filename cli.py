@@ -20,15 +20,15 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import typer
 
-from pipeline.config import DecodeConfig as _D, ModelConfig as _M, PretrainConfig as _P, TokenizeConfig as _T
-from pipeline.config import TrainConfig as _Tr
+from pipeline.config import DataConfig as _Data, DecodeConfig as _D, ModelConfig as _M, PretrainConfig as _P
+from pipeline.config import SplitConfig as _S, TokenizeConfig as _T, TrainConfig as _Tr
 from pipeline.errors import PipelineError
 
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
-    help="Neural machine translation: tokenize → pretrain → train → translate → evaluate.",
+    help="Neural machine translation: [split →] tokenize → pretrain → train → translate → evaluate.",
 )
 _state = {"verbose": False}
 
@@ -64,6 +64,30 @@ def _guard(fn: Callable[[], Any]) -> Any:
 
 def _print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+@app.command()
+def split(
+    run: Path = RunOpt,
+    tsv: Optional[Path] = typer.Option(None, help="Tab-separated pairs, e.g. the Tatoeba export."),
+    src: Optional[Path] = typer.Option(None, help="Source-language text instead of --tsv, one sentence a line."),
+    tgt: Optional[Path] = typer.Option(None, help="Target-language text, line-aligned with --src."),
+    src_col: int = typer.Option(_Data.tsv_src_col, help="0-based --tsv column of the source (Tatoeba: 1 = Japanese)."),
+    tgt_col: int = typer.Option(_Data.tsv_tgt_col, help="0-based --tsv column of the target (Tatoeba: 0 = English)."),
+    dev: int = typer.Option(_S.dev, help="Distinct pairs held out for the dev set."),
+    test: int = typer.Option(_S.test, help="Distinct pairs held out for the test set."),
+    seed: int = typer.Option(_S.seed, help="Salts the pair hash that decides each pair's side."),
+):
+    """Hold out dev and test sets from one corpus file: RUN/split/{train,dev,test}.{src,tgt}."""
+    from pipeline.artifacts import Run
+    from pipeline.config import SplitConfig
+    from pipeline.split import split as stage
+
+    def go():
+        return stage(Run.at(run), SplitConfig(dev=dev, test=test, seed=seed), src=src and str(src),
+                     tgt=tgt and str(tgt), tsv=tsv and str(tsv), tsv_src_col=src_col, tsv_tgt_col=tgt_col)
+
+    _print_json(_guard(go))
 
 
 @app.command()

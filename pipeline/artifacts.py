@@ -2,6 +2,7 @@
 
 Layout of `saved_models/NAME/`:
 
+    split/     train.src train.tgt dev.src dev.tgt test.src test.tgt manifest.json (optional stage)
     tokenize/  spm.src.model spm.tgt.model train.src.npy train.tgt.npy ... manifest.json
     pretrain/  emb.src.npy emb.src.txt emb.tgt.npy emb.tgt.txt manifest.json
     train/     model.keras (best by dev BLEU) last.keras history.csv manifest.json
@@ -31,6 +32,7 @@ MANIFEST = "manifest.json"
 
 # Which command produces each stage, for "run X first" hints.
 STAGE_COMMAND = {
+    "split": "python cli.py split",
     "tokenize": "python cli.py tokenize",
     "pretrain": "python cli.py pretrain",
     "train": "python cli.py train",

@@ -25,6 +25,23 @@ def default_character_coverage(lang: str) -> float:
 
 
 @dataclass(frozen=True)
+class SplitConfig:
+    """Held-out sets cut from a corpus that comes as one file (Tatoeba's export, say)."""
+
+    dev: int = 0  # distinct pairs held out for the dev set; 0 = none
+    test: int = 0  # distinct pairs held out for the test set; 0 = none. Both 0: no split stage
+    seed: int = 1234  # salts the pair hash that decides each pair's side
+
+    @property
+    def enabled(self) -> bool:
+        return self.dev > 0 or self.test > 0
+
+    def validate(self) -> None:
+        _positive("split.dev", self.dev, minimum=0)
+        _positive("split.test", self.test, minimum=0)
+
+
+@dataclass(frozen=True)
 class TokenizeConfig:
     model_type: str = "unigram"  # unigram | bpe | char
     vocab_size: int = 4000  # per language
@@ -170,6 +187,7 @@ class DataConfig:
 class PipelineConfig:
     run: str = "saved_models/default"
     data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -182,6 +200,10 @@ class PipelineConfig:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate()
+        for held_out, given in (("dev", self.data.dev_src), ("test", self.data.test_src)):
+            if getattr(self.split, held_out) and given:
+                raise ConfigError(f"split.{held_out} and data.{held_out}_src both give a {held_out} set; "
+                                  "choose one")
 
 
 T = TypeVar("T")

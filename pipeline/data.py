@@ -63,6 +63,10 @@ def _zip_strict(a: Iterable[str], b: Iterable[str], a_name, b_name) -> Iterator[
 
 def read_tsv(path: str | Path, src_col: int, tgt_col: int) -> Iterator[tuple[str, str]]:
     """Yield (source, target) pairs from tab-separated columns (0-based)."""
+    if min(src_col, tgt_col) < 0:
+        raise InputError(f"TSV columns count from 0; got source column {src_col}, target column {tgt_col}")
+    if src_col == tgt_col:
+        raise InputError(f"source and target are both TSV column {src_col}; give two different columns")
     needed = max(src_col, tgt_col) + 1
     for number, line in enumerate(read_lines(path), 1):
         if not line.strip():
@@ -77,6 +81,11 @@ def read_tsv(path: str | Path, src_col: int, tgt_col: int) -> Iterator[tuple[str
         yield cols[src_col].strip(), cols[tgt_col].strip()
 
 
+def normalise_space(text: str) -> str:
+    """Runs of whitespace (tabs, Unicode spaces and line separators included) become one space."""
+    return " ".join(text.split())
+
+
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """Consecutive lists of `size` items (the last one shorter)."""
     batch: list[T] = []
@@ -89,9 +98,15 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield batch
 
 
+# Suffixes of two or three letters that name a file's role or format, not its language.
+_NOT_LANGUAGES = {"src", "tgt", "txt", "tsv"}
+
+
 def guess_lang(path: str | Path | None, fallback: str) -> str:
-    """`train.ja` -> `ja`; anything without a short language suffix gives `fallback`."""
+    """`train.ja` -> `ja`; `train.src`, `jpn.txt` or no short suffix at all give `fallback`."""
     if path is None:
         return fallback
     suffix = Path(str(path)).suffix.lstrip(".")
+    if suffix.lower() in _NOT_LANGUAGES:
+        return fallback
     return suffix if 2 <= len(suffix) <= 3 and suffix.isalpha() else fallback

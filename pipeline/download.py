@@ -4,7 +4,7 @@ A file is streamed to a temporary name beside its destination and renamed only o
 matches, so an interrupted or corrupted download never leaves a finished-looking file. A file
 already there with the right hash is skipped. `source_dir` copies from a local folder instead of
 the network (same checks); `base_url` replaces the registry's URL prefix (a mirror, or a loopback
-server in tests).
+server in tests). A corpus whose public source cannot be pinned has no URL: `source_dir` only.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ CHUNK = 1 << 16
 class Corpus:
     """Where a corpus lives and the sha256 of each of its files."""
 
-    base_url: str
+    base_url: str | None  # None: no public URL serves these exact files; copy them with --from
     files: dict[str, str]  # file name -> sha256
     about: str = ""
+    no_url: str = ""  # why there is no base_url
 
 
 CORPORA: dict[str, Corpus] = {
@@ -46,6 +47,14 @@ CORPORA: dict[str, Corpus] = {
             "test.en": "45edb380749ec2b49cca7618fc5a7595fc9f791180672ba466b90c873a4aa8bf",
         },
         about="50k/500/500 ja-en pairs from the Tanaka corpus, tokenised (KyTea; Stanford, lower-cased)",
+    ),
+    "tatoeba_jpn_eng": Corpus(
+        base_url=None,
+        files={"jpn.txt": "996d3c6c2168e56b5e07a16d84d39c9accb53a1f26f75b7846a0a7d171fd6ee0"},
+        about="41,649 raw ja-en pairs, `English<TAB>Japanese`, from tatoeba.org as exported by "
+              "manythings.org/anki on 2018-04-07 (CC BY 2.0); no dev/test split (see `python cli.py split`)",
+        no_url="its public source, manythings.org/anki's jpn-eng.zip, is a zip regenerated as Tatoeba grows, "
+               "so no sha256 can be pinned for it; the copy pinned here is the 2018-04-07 export",
     ),
 }
 
@@ -67,8 +76,12 @@ def download(
         source_dir = Path(source_dir)
         _check_source_dir(source_dir, corpus, entry)
         origin = str(source_dir)
-    else:
+    elif base_url or entry.base_url:
         origin = (base_url or entry.base_url).rstrip("/") + "/"
+    else:
+        raise ConfigError(f"{corpus} cannot be downloaded: {entry.no_url}",
+                          hint=f"copy a local copy: `python cli.py download {corpus} --from DIR`, "
+                               f"DIR holding {', '.join(entry.files)}")
 
     report: dict[str, Any] = {"corpus": corpus, "dest": str(dest), "from": origin, "files": {}}
     fetched = 0

@@ -1,5 +1,8 @@
 """`python cli.py pipeline --config FILE`: every stage in order, skipping the up-to-date ones.
 
+With a `[split]` section the split stage runs first and the later stages read its files:
+train.* for tokenize, dev.* for train's dev BLEU, test.* for evaluate.
+
 A stage is up to date when its manifest records the same settings and the same input files
 (by sha256) as this run would use, and no stage before it reran. `force` reruns everything.
 """
@@ -8,28 +11,38 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Callable
 
 from pipeline.artifacts import Run, sha256
-from pipeline.config import PipelineConfig
+from pipeline.config import DataConfig, PipelineConfig
 from pipeline.data import guess_lang
 from pipeline.progress import log
 
 
 def run_pipeline(config: PipelineConfig, force: bool = False) -> dict[str, Any]:
+    from pipeline import split
     from pipeline.evaluate import evaluate
     from pipeline.pretrain import pretrain
     from pipeline.tokenize import tokenize
     from pipeline.train import train
 
     config.validate()
-    run, data = Run.at(config.run), config.data
-    src_lang = data.src_lang or guess_lang(data.src, "ja")
-    tgt_lang = data.tgt_lang or guess_lang(data.tgt, "en")
+    run, corpus = Run.at(config.run), config.data
+    src_lang = corpus.src_lang or guess_lang(corpus.src, "ja")
+    tgt_lang = corpus.tgt_lang or guess_lang(corpus.tgt, "en")
+    corpus_inputs = {"tsv": corpus.tsv} if corpus.tsv else {"src": corpus.src, "tgt": corpus.tgt}
+    stages: list[tuple[str, dict, dict, Callable[[], Any]]] = []
+    data = corpus
+    if config.split.enabled:
+        stages.append(("split", split.settings(config.split, corpus.tsv, corpus.tsv_src_col, corpus.tsv_tgt_col),
+                       corpus_inputs,
+                       lambda: split.split(run, config.split, src=corpus.src, tgt=corpus.tgt, tsv=corpus.tsv,
+                                           tsv_src_col=corpus.tsv_src_col, tsv_tgt_col=corpus.tsv_tgt_col)))
+        data = _split_data(run, config)
     tok_inputs = {"tsv": data.tsv} if data.tsv else {"src": data.src, "tgt": data.tgt}
     dev_inputs = {"dev_src": data.dev_src, "dev_tgt": data.dev_tgt} if data.dev_src else {}
-    stages: list[tuple[str, dict, dict, Callable[[], Any]]] = [
+    stages += [
         ("tokenize", asdict(config.tokenize), tok_inputs,
          lambda: tokenize(run, config.tokenize, src=data.src, tgt=data.tgt, tsv=data.tsv,
                           tsv_src_col=data.tsv_src_col, tsv_tgt_col=data.tsv_tgt_col,
@@ -61,6 +74,19 @@ def run_pipeline(config: PipelineConfig, force: bool = False) -> dict[str, Any]:
                                    "report": _brief(report)}
         upstream_reran = True
     return summary
+
+
+def _split_data(run: Run, config: PipelineConfig) -> DataConfig:
+    """The corpus as the later stages see it once the split stage has run: its files in RUN/split/."""
+    def path(name: str) -> str:
+        return str(run.path("split", name))
+
+    data = replace(config.data, tsv=None, src=path("train.src"), tgt=path("train.tgt"))
+    if config.split.dev:
+        data = replace(data, dev_src=path("dev.src"), dev_tgt=path("dev.tgt"))
+    if config.split.test:
+        data = replace(data, test_src=path("test.src"), test_tgt=path("test.tgt"))
+    return data
 
 
 def _up_to_date(run: Run, stage: str, settings: dict, inputs: dict) -> bool:

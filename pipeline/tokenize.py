@@ -18,7 +18,7 @@ import sentencepiece as spm
 
 from pipeline.artifacts import Run, atomic_path
 from pipeline.config import TokenizeConfig, default_character_coverage
-from pipeline.data import batched, read_parallel, read_tsv
+from pipeline.data import batched, normalise_space, read_parallel, read_tsv
 from pipeline.errors import InputError, PipelineError
 from pipeline.progress import log, progress
 
@@ -89,7 +89,7 @@ def _write_clean(pairs: Iterable[tuple[str, str]], paths: dict[str, Path]) -> di
     with paths["src"].open("w", encoding="utf-8") as fs, paths["tgt"].open("w", encoding="utf-8") as ft:
         for s, t in progress(pairs, "reading", unit="pairs"):
             counts["read"] += 1
-            s, t = _normalise_space(s), _normalise_space(t)
+            s, t = normalise_space(s), normalise_space(t)
             if not s or not t:
                 counts["empty"] += 1
             elif max(len(s.encode()), len(t.encode())) > MAX_LINE_BYTES:
@@ -99,10 +99,6 @@ def _write_clean(pairs: Iterable[tuple[str, str]], paths: dict[str, Path]) -> di
                 fs.write(s + "\n")
                 ft.write(t + "\n")
     return counts
-
-
-def _normalise_space(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _train_spm(corpus: Path, prefix: Path, lang: str, config: TokenizeConfig) -> dict[str, Any]:

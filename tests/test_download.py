@@ -151,7 +151,16 @@ def test_interrupted_download_leaves_nothing(tmp_path):
 def test_unknown_corpus_lists_the_known_ones(tmp_path):
     with pytest.raises(ConfigError) as err:
         dl.download("wmt14", tmp_path)
-    assert err.value.message == "unknown corpus 'wmt14'; known corpora: small_parallel_enja, toy"
+    assert err.value.message == "unknown corpus 'wmt14'; known corpora: small_parallel_enja, tatoeba_jpn_eng, toy"
+
+
+def test_a_corpus_without_a_pinnable_url_asks_for_a_local_copy(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        dl.download("tatoeba_jpn_eng", tmp_path / "data")
+    assert err.value.message.startswith("tatoeba_jpn_eng cannot be downloaded: its public source, ")
+    assert err.value.hint == ("copy a local copy: `python cli.py download tatoeba_jpn_eng --from DIR`, "
+                              "DIR holding jpn.txt")
+    assert not (tmp_path / "data").exists()
 
 
 def test_source_dir_copies_and_verifies(served, tmp_path):
@@ -175,7 +184,19 @@ def test_source_dir_missing_a_file_copies_nothing(served, tmp_path):
 def test_pinned_hashes_are_sha256_hex():
     files = dl.CORPORA["small_parallel_enja"].files
     assert sorted(files) == ["dev.en", "dev.ja", "test.en", "test.ja", "train.en", "train.ja"]
-    assert all(len(h) == 64 and int(h, 16) >= 0 for h in files.values())
+    assert sorted(dl.CORPORA["tatoeba_jpn_eng"].files) == ["jpn.txt"]
+    for corpus in ("small_parallel_enja", "tatoeba_jpn_eng"):
+        assert all(len(h) == 64 and int(h, 16) >= 0 for h in dl.CORPORA[corpus].files.values())
+
+
+@pytest.mark.slow
+def test_real_tatoeba_copy_matches_the_pinned_hash(tmp_path):
+    source = REAL_CORPUS.parent / "tatoeba_jpn_eng"
+    if not (source / "jpn.txt").is_file():
+        pytest.skip(f"no local copy of tatoeba_jpn_eng at {source.resolve()}")
+    report = dl.download("tatoeba_jpn_eng", tmp_path / "tatoeba", source_dir=source)
+    assert report["files"]["jpn.txt"]["status"] == "copied"
+    assert sorted(p.name for p in (tmp_path / "tatoeba").iterdir()) == ["jpn.txt"]
 
 
 @pytest.mark.slow

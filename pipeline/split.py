@@ -1,0 +1,130 @@
+"""Stage 0 (optional): cut dev and test sets out of a corpus that comes as one file.
+
+Outputs in `RUN/split/`: `train.src train.tgt dev.src dev.tgt test.src test.tgt`, UTF-8, one
+sentence a line, whitespace runs folded to one space (as tokenize does).
+
+Which side a pair lands on depends on the pair alone: its key is the sha256 of the seed and the
+pair's text, the `test` distinct pairs with the smallest keys are the test set and the next `dev`
+the dev set. So the split is the same on any machine and Python version, a pair repeated in the
+file always lands on one side (exact duplicates are written once, and counted), adding lines to
+the corpus moves at most one old pair across each boundary per line added, and changing `dev`
+leaves the test set as it was. Each file keeps the corpus order. The corpus is held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from typing import Any, Iterable
+
+from pipeline.artifacts import Run, atomic_path
+from pipeline.config import SplitConfig
+from pipeline.data import normalise_space, read_parallel, read_tsv
+from pipeline.errors import ConfigError, InputError
+from pipeline.progress import log, progress
+
+STAGE = "split"
+SETS = ("train", "dev", "test")
+SIDES = ("src", "tgt")
+OUTPUTS = [f"{name}.{side}" for name in SETS for side in SIDES]
+
+Pair = tuple[str, str]
+
+
+def split(
+    run: Run,
+    config: SplitConfig,
+    src: str | None = None,
+    tgt: str | None = None,
+    tsv: str | None = None,
+    tsv_src_col: int = 1,
+    tsv_tgt_col: int = 0,
+) -> dict[str, Any]:
+    """Run the stage; return its report (also stored in the manifest)."""
+    config.validate()
+    if not config.enabled:
+        raise ConfigError("nothing to hold out: give a dev or a test size above 0 (--dev N, --test N)")
+    if tsv:
+        pairs = read_tsv(tsv, tsv_src_col, tsv_tgt_col)
+        inputs = {"tsv": tsv}
+    elif src and tgt:
+        pairs = read_parallel(src, tgt)
+        inputs = {"src": src, "tgt": tgt}
+    else:
+        raise InputError("give either --tsv FILE or both --src and --tgt")
+
+    distinct, counts = _distinct_pairs(pairs)
+    held_out = config.dev + config.test
+    if held_out >= len(distinct):
+        raise InputError(
+            f"the corpus has {len(distinct)} distinct usable pair(s); holding out {config.dev} for dev and "
+            f"{config.test} for test would leave none for training"
+        )
+    sets = assign(distinct, config)
+
+    out = run.begin(STAGE)
+    for name in SETS:
+        for i, side in enumerate(SIDES):
+            with atomic_path(out / f"{name}.{side}") as tmp:
+                tmp.write_text("".join(pair[i] + "\n" for pair in sets[name]), encoding="utf-8")
+
+    report: dict[str, Any] = {
+        **counts,
+        **{name: len(sets[name]) for name in SETS},
+        "src_seen_in_train": _sources_seen_in_train(sets),
+    }
+    if counts["dropped_empty"] or counts["duplicates"]:
+        log.warning("dropped %d pair(s) with an empty side; %d duplicate pair(s) written once",
+                    counts["dropped_empty"], counts["duplicates"])
+    run.finish(STAGE, settings(config, tsv, tsv_src_col, tsv_tgt_col), inputs, OUTPUTS, extra={"report": report})
+    return report
+
+
+def settings(config: SplitConfig, tsv: str | None, tsv_src_col: int, tsv_tgt_col: int) -> dict[str, Any]:
+    """What the manifest records as the stage's config (the runner compares it to skip the stage)."""
+    columns = {"src": tsv_src_col, "tgt": tsv_tgt_col} if tsv else None
+    return {**asdict(config), "tsv_columns": columns}
+
+
+def assign(pairs: list[Pair], config: SplitConfig) -> dict[str, list[Pair]]:
+    """Distinct pairs -> {"train", "dev", "test"}: the smallest keys are test, the next dev."""
+    ranked = sorted(range(len(pairs)), key=lambda i: (pair_key(pairs[i], config.seed), pairs[i]))
+    test = set(ranked[:config.test])
+    dev = set(ranked[config.test:config.test + config.dev])
+    sets: dict[str, list[Pair]] = {name: [] for name in SETS}
+    for i, pair in enumerate(pairs):  # corpus order within each set
+        sets["test" if i in test else "dev" if i in dev else "train"].append(pair)
+    return sets
+
+
+def pair_key(pair: Pair, seed: int) -> bytes:
+    """A stable key of the pair's text: the same on every machine, unlike Python's hash()."""
+    # normalised text holds no tabs, so the tab-joined string is unambiguous
+    return hashlib.sha256(f"{seed}\t{pair[0]}\t{pair[1]}".encode("utf-8")).digest()
+
+
+def _distinct_pairs(pairs: Iterable[Pair]) -> tuple[list[Pair], dict[str, int]]:
+    """Whitespace-normalised pairs, each once, in corpus order; empty sides dropped."""
+    seen: dict[Pair, None] = {}  # a dict keeps the corpus order
+    counts = {"pairs_read": 0, "dropped_empty": 0, "duplicates": 0}
+    for s, t in progress(pairs, "reading", unit="pairs"):
+        counts["pairs_read"] += 1
+        pair = (normalise_space(s), normalise_space(t))
+        if not pair[0] or not pair[1]:
+            counts["dropped_empty"] += 1
+        elif pair in seen:
+            counts["duplicates"] += 1
+        else:
+            seen[pair] = None
+    counts["distinct"] = len(seen)
+    return list(seen), counts
+
+
+def _sources_seen_in_train(sets: dict[str, list[Pair]]) -> dict[str, int]:
+    """Held-out pairs whose source sentence is also a training source (with another translation).
+
+    The split keeps identical pairs on one side, not identical sources: a corpus with several
+    translations of one sentence (Tatoeba) can have it on both sides. Counted, not prevented.
+    """
+    train_sources = {s for s, _ in sets["train"]}
+    return {name: sum(s in train_sources for s, _ in sets[name]) for name in ("dev", "test")}
