@@ -74,9 +74,9 @@ def split(
     tgt: Optional[Path] = typer.Option(None, help="Target-language text, line-aligned with --src."),
     src_col: int = typer.Option(_Data.tsv_src_col, help="0-based --tsv column of the source (Tatoeba: 1 = Japanese)."),
     tgt_col: int = typer.Option(_Data.tsv_tgt_col, help="0-based --tsv column of the target (Tatoeba: 0 = English)."),
-    dev: int = typer.Option(_S.dev, help="Distinct pairs held out for the dev set."),
-    test: int = typer.Option(_S.test, help="Distinct pairs held out for the test set."),
-    seed: int = typer.Option(_S.seed, help="Salts the pair hash that decides each pair's side."),
+    dev: int = typer.Option(_S.dev, help="Source sentences held out for dev, with all their translations."),
+    test: int = typer.Option(_S.test, help="Source sentences held out for test, with all their translations."),
+    seed: int = typer.Option(_S.seed, help="Salts the source-sentence hash that decides each pair's side."),
 ):
     """Hold out dev and test sets from one corpus file: RUN/split/{train,dev,test}.{src,tgt}."""
     from pipeline.artifacts import Run

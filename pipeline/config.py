@@ -28,9 +28,9 @@ def default_character_coverage(lang: str) -> float:
 class SplitConfig:
     """Held-out sets cut from a corpus that comes as one file (Tatoeba's export, say)."""
 
-    dev: int = 0  # distinct pairs held out for the dev set; 0 = none
-    test: int = 0  # distinct pairs held out for the test set; 0 = none. Both 0: no split stage
-    seed: int = 1234  # salts the pair hash that decides each pair's side
+    dev: int = 0  # source sentences (with all their translations) held out for dev; 0 = none
+    test: int = 0  # source sentences held out for test; 0 = none. Both 0: no split stage
+    seed: int = 1234  # salts the source-sentence hash that decides each pair's side
 
     @property
     def enabled(self) -> bool:

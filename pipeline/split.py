@@ -3,12 +3,14 @@
 Outputs in `RUN/split/`: `train.src train.tgt dev.src dev.tgt test.src test.tgt`, UTF-8, one
 sentence a line, whitespace runs folded to one space (as tokenize does).
 
-Which side a pair lands on depends on the pair alone: its key is the sha256 of the seed and the
-pair's text, the `test` distinct pairs with the smallest keys are the test set and the next `dev`
-the dev set. So the split is the same on any machine and Python version, a pair repeated in the
-file always lands on one side (exact duplicates are written once, and counted), adding lines to
-the corpus moves at most one old pair across each boundary per line added, and changing `dev`
-leaves the test set as it was. Each file keeps the corpus order. The corpus is held in memory.
+Which side a pair lands on depends on its source sentence alone: the key is the sha256 of the
+seed and the source text; the `test` distinct source sentences with the smallest keys, with all
+their translations, are the test set, and the next `dev` the dev set. So a sentence translated
+several times (Tatoeba has many) never has one translation in training and another in test,
+which would inflate BLEU; the split is the same on any machine and Python version; exact
+duplicate pairs are written once, and counted; adding lines to the corpus moves at most one old
+sentence across each boundary per sentence added; changing `dev` leaves the test set as it was.
+Each file keeps the corpus order. The corpus is held in memory.
 """
 
 from __future__ import annotations
@@ -55,10 +57,10 @@ def split(
 
     distinct, counts = _distinct_pairs(pairs)
     held_out = config.dev + config.test
-    if held_out >= len(distinct):
+    if held_out >= counts["sources"]:
         raise InputError(
-            f"the corpus has {len(distinct)} distinct usable pair(s); holding out {config.dev} for dev and "
-            f"{config.test} for test would leave none for training"
+            f"the corpus has {counts['sources']} distinct source sentence(s); holding out {config.dev} for dev "
+            f"and {config.test} for test would leave none for training"
         )
     sets = assign(distinct, config)
 
@@ -73,9 +75,10 @@ def split(
         **{name: len(sets[name]) for name in SETS},
         "src_seen_in_train": _sources_seen_in_train(sets),
     }
-    if counts["dropped_empty"] or counts["duplicates"]:
-        log.warning("dropped %d pair(s) with an empty side; %d duplicate pair(s) written once",
-                    counts["dropped_empty"], counts["duplicates"])
+    if counts["dropped_empty"]:
+        log.warning("dropped %d pair(s) with an empty side", counts["dropped_empty"])
+    if counts["duplicates"]:
+        log.info("%d duplicate pair(s) written once", counts["duplicates"])
     run.finish(STAGE, settings(config, tsv, tsv_src_col, tsv_tgt_col), inputs, OUTPUTS, extra={"report": report})
     return report
 
@@ -87,20 +90,20 @@ def settings(config: SplitConfig, tsv: str | None, tsv_src_col: int, tsv_tgt_col
 
 
 def assign(pairs: list[Pair], config: SplitConfig) -> dict[str, list[Pair]]:
-    """Distinct pairs -> {"train", "dev", "test"}: the smallest keys are test, the next dev."""
-    ranked = sorted(range(len(pairs)), key=lambda i: (pair_key(pairs[i], config.seed), pairs[i]))
-    test = set(ranked[:config.test])
-    dev = set(ranked[config.test:config.test + config.dev])
+    """Distinct pairs -> {"train", "dev", "test"}: the sources with the smallest keys are test, the
+    next dev; every translation of a source goes where the source goes."""
+    sources = sorted({s for s, _ in pairs}, key=lambda s: (source_key(s, config.seed), s))
+    test = set(sources[:config.test])
+    dev = set(sources[config.test:config.test + config.dev])
     sets: dict[str, list[Pair]] = {name: [] for name in SETS}
-    for i, pair in enumerate(pairs):  # corpus order within each set
-        sets["test" if i in test else "dev" if i in dev else "train"].append(pair)
+    for pair in pairs:  # corpus order within each set
+        sets["test" if pair[0] in test else "dev" if pair[0] in dev else "train"].append(pair)
     return sets
 
 
-def pair_key(pair: Pair, seed: int) -> bytes:
-    """A stable key of the pair's text: the same on every machine, unlike Python's hash()."""
-    # normalised text holds no tabs, so the tab-joined string is unambiguous
-    return hashlib.sha256(f"{seed}\t{pair[0]}\t{pair[1]}".encode("utf-8")).digest()
+def source_key(source: str, seed: int) -> bytes:
+    """A stable key of the source text: the same on every machine, unlike Python's hash()."""
+    return hashlib.sha256(f"{seed}\t{source}".encode("utf-8")).digest()
 
 
 def _distinct_pairs(pairs: Iterable[Pair]) -> tuple[list[Pair], dict[str, int]]:
@@ -117,14 +120,12 @@ def _distinct_pairs(pairs: Iterable[Pair]) -> tuple[list[Pair], dict[str, int]]:
         else:
             seen[pair] = None
     counts["distinct"] = len(seen)
+    counts["sources"] = len({s for s, _ in seen})
     return list(seen), counts
 
 
 def _sources_seen_in_train(sets: dict[str, list[Pair]]) -> dict[str, int]:
-    """Held-out pairs whose source sentence is also a training source (with another translation).
-
-    The split keeps identical pairs on one side, not identical sources: a corpus with several
-    translations of one sentence (Tatoeba) can have it on both sides. Counted, not prevented.
-    """
+    """Held-out pairs whose source sentence is also a training source: 0 by construction, reported
+    so that anyone reading the split's manifest can see it."""
     train_sources = {s for s, _ in sets["train"]}
     return {name: sum(s in train_sources for s, _ in sets[name]) for name in ("dev", "test")}

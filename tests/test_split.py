@@ -45,7 +45,8 @@ def test_sizes_counts_and_outputs(corpus, tmp_path):
     assert report == {**report, "pairs_read": 323, "dropped_empty": 3, "duplicates": 20, "distinct": 300,
                       "train": 230, "dev": 30, "test": 40}
     assert sorted(_read(run, "train") + _read(run, "dev") + _read(run, "test")) == sorted(corpus["pairs"])
-    assert _read(run, "train")[0] == corpus["pairs"][0]  # Japanese source, English target, corpus order
+    train = _read(run, "train")  # Japanese source, English target, in corpus order
+    assert train == [pair for pair in corpus["pairs"] if pair in set(train)]
     manifest = json.loads(run.path("split", "manifest.json").read_text(encoding="utf-8"))
     assert manifest["stage"] == "split" and sorted(manifest["outputs"]) == sorted(OUTPUTS)
     assert manifest["config"] == {"dev": 30, "test": 40, "seed": 1234, "tsv_columns": {"src": 1, "tgt": 0}}
@@ -91,15 +92,16 @@ def test_split_depends_on_the_pair_not_on_its_line(corpus, tmp_path):
     assert len(_read(second, "test")) == 40 and len(_read(second, "dev")) == 60
 
 
-def test_sources_shared_with_training_are_counted(tmp_path):
-    """Two translations of one sentence are two pairs: they may be split up, and the report says so."""
+def test_every_translation_of_a_source_lands_on_its_side(tmp_path):
+    """Two translations of one sentence: both in test, or neither, so training never saw the source."""
     pairs = toy_pairs(200, seed=9)
     pairs = list(dict.fromkeys(pairs + [(s, t.upper()) for s, t in pairs]))
-    report = split(Run.at(tmp_path / "run"), SplitConfig(test=50), tsv=str(_tsv(tmp_path, pairs)))
-    test = _read(Run.at(tmp_path / "run"), "test")
-    train_sources = {s for s, _ in _read(Run.at(tmp_path / "run"), "train")}
-    assert report["src_seen_in_train"] == {"dev": 0, "test": sum(s in train_sources for s, _ in test)}
-    assert report["src_seen_in_train"]["test"] > 0
+    run = Run.at(tmp_path / "run")
+    report = split(run, SplitConfig(test=50), tsv=str(_tsv(tmp_path, pairs)))
+    test, train = _read(run, "test"), _read(run, "train")
+    assert report["src_seen_in_train"] == {"dev": 0, "test": 0}
+    assert not {s for s, _ in train} & {s for s, _ in test}
+    assert len({s for s, _ in test}) == 50 and len(test) == 100  # each source with both translations
 
 
 @pytest.mark.parametrize("kwargs,error,message", [
@@ -108,8 +110,8 @@ def test_sources_shared_with_training_are_counted(tmp_path):
     (dict(tsv_src_col=-1, tsv_tgt_col=0), InputError,
      "TSV columns count from 0; got source column -1, target column 0"),
     (dict(config=SplitConfig(dev=150, test=150)), InputError,
-     "the corpus has 300 distinct usable pair(s); holding out 150 for dev and 150 for test would leave none "
-     "for training"),
+     "the corpus has 300 distinct source sentence(s); holding out 150 for dev and 150 for test would leave "
+     "none for training"),
     (dict(config=SplitConfig()), ConfigError,
      "nothing to hold out: give a dev or a test size above 0 (--dev N, --test N)"),
     (dict(config=SplitConfig(dev=-1, test=5)), ConfigError, "split.dev must be >= 0; got -1"),
@@ -269,12 +271,13 @@ def test_real_tatoeba_file(tmp_path):
     run = Run.at(tmp_path / "run")
     report = split(run, SplitConfig(dev=500, test=500), tsv=str(TATOEBA), tsv_src_col=1, tsv_tgt_col=0)
     assert report == {**report, "pairs_read": 41649, "dropped_empty": 0, "duplicates": 10, "distinct": 41639,
-                      "train": 40639, "dev": 500, "test": 500, "src_seen_in_train": {"dev": 143, "test": 128}}
+                      "sources": 35065, "train": 40419, "dev": 603, "test": 617,
+                      "src_seen_in_train": {"dev": 0, "test": 0}}
     # recorded once: a split that changes with the machine, Python or hash seed fails here
-    assert sha256(run.path("split", "test.src")) == "4be6f34470875e1716abd68ea664ddcd241dee5880d036290b59043f4ade9921"
-    assert sha256(run.path("split", "test.tgt")) == "cd411d7b8ff6dab72e9c28ae39a7035568cfb58d3b6c8ab7c9986e3acb581d95"
-    assert sha256(run.path("split", "dev.tgt")) == "357783d09f4718cbf818b07cf1668aba38064ad532a50450afecf94c082bf30c"
+    assert sha256(run.path("split", "test.src")) == "51b3a6f694ee24a95500a9782899f912b23417a329cf263dfba5ceb0fa549c21"
+    assert sha256(run.path("split", "test.tgt")) == "2ae343a11925a331d87a6ee807a985b13961971b8708cffadbd98d61add19069"
+    assert sha256(run.path("split", "dev.tgt")) == "f6795b1598297a8704e78c612f1344b5ed89eda78d9fd899e88524b8d1dfa4df"
     train, test = set(_read(run, "train")), set(_read(run, "test"))
-    assert len(train) == 40639 and len(test) == 500 and not train & test
+    assert len(train) == 40419 and len(test) == 617 and not {s for s, _ in train} & {s for s, _ in test}
     assert all(any("\u3040" <= c <= "\u30ff" or "\u4e00" <= c <= "\u9fff" for c in s)  # Japanese source
                for s, _ in _read(run, "test"))
