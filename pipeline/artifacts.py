@@ -128,6 +128,7 @@ class Run:
             "outputs": {name: sha256(d / name) for name in outputs},
             "versions": library_versions(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "finished_unix": time.time(),  # later stages compare it: an upstream rerun outdates them
         }
         if extra:
             manifest.update(extra)

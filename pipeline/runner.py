@@ -4,7 +4,8 @@ With a `[split]` section the split stage runs first and the later stages read it
 train.* for tokenize, dev.* for train's dev BLEU, test.* for evaluate.
 
 A stage is up to date when its manifest records the same settings and the same input files
-(by sha256) as this run would use, and no stage before it reran. `force` reruns everything.
+(by sha256) as this run would use, it finished after the stages before it, and none of them
+reran. `force` reruns everything.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ def run_pipeline(config: PipelineConfig, force: bool = False) -> dict[str, Any]:
                        lambda: evaluate(run, data.test_src, data.test_tgt, config.decode, config.evaluate)))
 
     summary: dict[str, Any] = {"run": str(run.root), "stages": {}}
-    upstream_reran = force
+    upstream_reran, upstream_finished = force, 0.0
     for name, settings, inputs, go in stages:
-        if not upstream_reran and _up_to_date(run, name, settings, inputs):
+        if not upstream_reran and _up_to_date(run, name, settings, inputs, upstream_finished):
+            upstream_finished = run.manifest(name).get("finished_unix", 0.0)
             log.info("%s: up to date, skipped (use --force to rerun)", name)
             summary["stages"][name] = {"status": "skipped", "report": run.manifest(name).get("report")}
             continue
@@ -89,11 +91,15 @@ def _split_data(run: Run, config: PipelineConfig) -> DataConfig:
     return data
 
 
-def _up_to_date(run: Run, stage: str, settings: dict, inputs: dict) -> bool:
+def _up_to_date(run: Run, stage: str, settings: dict, inputs: dict, upstream_finished: float) -> bool:
+    """Same settings, same input files, and finished after the stages before it (which a stage
+    rerun by hand, or `cli.py average`, can change behind the pipeline's back)."""
     if not run.has(stage):
         return False
     manifest = run.manifest(stage)
     if manifest.get("config") != _jsonable(settings):
+        return False
+    if manifest.get("finished_unix", 0.0) < upstream_finished:
         return False
     recorded = manifest.get("inputs", {})
     for key, path in inputs.items():

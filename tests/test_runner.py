@@ -50,6 +50,15 @@ def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_co
     again = json.loads(cli("pipeline", "--config", config).stdout)
     assert [s["status"] for s in again["stages"].values()] == ["skipped"] * 4
 
+    from pipeline.artifacts import Run  # a stage rerun by hand outdates the stages after it
+
+    run = Run.at(tmp_path / "run")
+    manifest = run.manifest("train")
+    run.finish("train", manifest["config"], {k: v["path"] for k, v in manifest["inputs"].items()},
+               list(manifest["outputs"]), extra={"tokenizer": manifest["tokenizer"], "report": manifest["report"]})
+    rewritten = json.loads(cli("pipeline", "--config", config).stdout)
+    assert [s["status"] for s in rewritten["stages"].values()] == ["skipped"] * 3 + ["ran"]
+
     config = _config(tmp_path, toy_corpus, epochs=2)  # a train setting changed
     changed = json.loads(cli("pipeline", "--config", config).stdout)
     assert {k: v["status"] for k, v in changed["stages"].items()} == {
