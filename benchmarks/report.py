@@ -215,6 +215,17 @@ def _details(results: dict[str, Any]) -> list[str]:
             lines.append(f"word2vec, {side}: {p['effective_words']:,} effective words at {p['words_per_second']:,}/s "
                          f"(compiling {p['compile_seconds']:.1f} s, not counted)"
                          + (f"; gensim {g['effective_words']:,} at {g['words_per_second']:,}/s" if g else ""))
+    peer = results.get("peer") or {}
+    if (peer.get("train") or {}).get("tok_per_s"):
+        t = peer["train"]
+        lines.append(f"JoeyNMT training: median of {len(t['interval_tok_per_s'])} intervals of {t['interval_steps']} "
+                     f"steps after a first one left out, {t['steps']} steps in all")
+    for name, d in (peer.get("decode") or {}).items():
+        if isinstance(d, dict) and "sent_per_s" in d:
+            lines.append(f"JoeyNMT decoding, {name}: {peer['decode']['sentences']} sentences in batches of "
+                         f"{d['batch_size']}, median of {len(d['seconds'])} passes after a first one of "
+                         f"{d['first_call_s']:.1f} s; the checkpoint of its {peer['decode']['checkpoint_steps']} "
+                         f"training steps; {d['mean_output_words']:.1f} words an output")
     return lines
 
 

@@ -17,8 +17,9 @@ The figures, each measured in a subprocess of its own (its peak RSS comes from w
     stream  wall time and peak RSS of `python cli.py tokenize` and `pretrain` on the training
             corpus repeated 1x, 3x and 10x
 
-Ratios are to JoeyNMT's figures published for this machine kind (../shared/peer/README.md).
-Results: a table on stdout, JSON in benchmarks/results/speed.json; progress and logs on stderr.
+Ratios are to JoeyNMT's figures published for this machine kind (../shared/peer/README.md), or,
+with --peer-venv, to JoeyNMT measured in the same run (benchmarks/peer.py). Results: a table on
+stdout, JSON in benchmarks/results/speed.json; progress and logs on stderr.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,121 +43,13 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's mo
 import typer  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from pipeline.config import PretrainConfig  # noqa: E402
+from benchmarks.bench import DOWNLOAD_HINT, QUICK, SRC, TGT, Bench, BenchmarkError, Settings  # noqa: E402
 
-log = logging.getLogger("benchmarks.speed")
+log = logging.getLogger("benchmarks")
 SECTIONS = ("train", "decode", "w2v", "stream")
-SRC, TGT = "ja", "en"
 DEFAULT_DATA = ROOT / "data" / "small_parallel_enja"
 DEFAULT_RUN = ROOT / "saved_models" / "enja"
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "speed.json"
-DOWNLOAD_HINT = "python cli.py download small_parallel_enja --from ../shared/data/small_parallel_enja"
-_P = PretrainConfig()
-WORD2VEC = {"dim": _P.dim, "window": _P.window, "negatives": _P.negatives, "epochs": _P.epochs,
-            "subsample": _P.subsample, "seed": _P.seed}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What one run measures. The defaults are the full benchmark; QUICK shrinks every size."""
-
-    steps: int = 1000  # measured training steps, after the warm-up
-    warmup: int = 50
-    interval: int = 100  # JoeyNMT logs its tokens/s every 100 steps (rnn_jaen.yaml)
-    batch_size: int = 64
-    model: dict = field(default_factory=dict)  # ModelConfig overrides; {} is the reference model
-    pairs: Optional[int] = None  # training pairs used; None: all
-    test_sentences: Optional[int] = None  # None: all
-    repeats: int = 5
-    batch1_sentences: int = 50
-    beam: int = 5
-    scales: tuple = (1, 3, 10)
-    word2vec: dict = field(default_factory=lambda: dict(WORD2VEC))
-    threads: int = len(os.sched_getaffinity(0))
-    quick: bool = False
-
-
-QUICK = dict(steps=12, warmup=3, interval=4, model=dict(embed_dim=32, units=32, attention_units=32),
-             pairs=2000, test_sentences=64, repeats=2, batch1_sentences=8, scales=(1, 2),
-             word2vec={**WORD2VEC, "dim": 32, "epochs": 1}, quick=True)
-
-
-class BenchmarkError(Exception):
-    """A one-line reason the benchmark cannot go on, with a hint."""
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.message, self.hint = message, hint
-
-
-class Bench:
-    """Runs the measured commands as subprocesses of a scratch folder, remembering shared steps."""
-
-    def __init__(self, settings: Settings, data: Path, workdir: Path):
-        self.settings, self.data, self.workdir = settings, data, workdir
-        self.env = child_env(settings.threads)
-        self._stages: dict[tuple[str, int], dict] = {}
-
-    def child(self, argv: list[str], what: str) -> tuple[str, dict[str, float]]:
-        """Run argv in the project root; stderr passes through. Returns stdout and the child's
-        wall time and peak RSS (of the child and its own children, from wait4)."""
-        log.info("%s: %s", what, " ".join(str(a) for a in argv[1:]))
-        started = time.perf_counter()
-        proc = subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=self.env, stdout=subprocess.PIPE, text=True)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - started
-        if proc.returncode != 0:
-            raise BenchmarkError(f"{what} failed with exit code {proc.returncode} (its log is above)")
-        return out, {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
-
-    def measure(self, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-        """One `benchmarks/measure.py` body in a fresh process; its figures plus wall and RSS."""
-        spec_path, out_path = self.workdir / f"{kind}.spec.json", self.workdir / f"{kind}.out.json"
-        spec_path.write_text(json.dumps({**spec, "threads": self.settings.threads}))
-        _, usage = self.child([sys.executable, "-m", "benchmarks.measure", kind, spec_path, out_path], kind)
-        return {**json.loads(out_path.read_text()), "process": usage}
-
-    def corpus(self, scale: int) -> Path:
-        """A folder with train.ja and train.en: the training pairs (or the first --pairs) repeated."""
-        if scale == 1 and self.settings.pairs is None:
-            return self.data
-        folder = self.workdir / f"corpus-{scale}"
-        if not folder.is_dir():
-            folder.mkdir()
-            for lang in (SRC, TGT):
-                with open(self.data / f"train.{lang}", encoding="utf-8") as f:
-                    lines = f.readlines()[:self.settings.pairs]
-                with open(folder / f"train.{lang}", "w", encoding="utf-8") as f:
-                    for _ in range(scale):
-                        f.writelines(lines)
-        return folder
-
-    def stage(self, name: str, scale: int) -> dict[str, Any]:
-        """`python cli.py tokenize` or `pretrain` on the corpus at `scale`, run once per benchmark."""
-        if (name, scale) in self._stages:
-            return self._stages[name, scale]
-        run = self.workdir / f"run-{scale}"
-        if name == "tokenize":
-            corpus = self.corpus(scale)
-            args = ["--src", corpus / f"train.{SRC}", "--tgt", corpus / f"train.{TGT}"]
-        else:
-            self.stage("tokenize", scale)
-            args = [x for key, value in self.settings.word2vec.items() for x in (f"--{key}", value)]
-        out, usage = self.child([sys.executable, "cli.py", name, "--run", run, *args], f"{name} {scale}x")
-        self._stages[name, scale] = {"run": run, "report": json.loads(out), **usage}
-        return self._stages[name, scale]
-
-
-def child_env(threads: int) -> dict[str, str]:
-    """The environment of every measured process: TensorFlow as cli.py sets it, thread pools fixed."""
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    env["TF_NUM_INTRAOP_THREADS"] = env["TF_NUM_INTEROP_THREADS"] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 # -- the four sections ----------------------------------------------------------------------------
@@ -225,7 +117,8 @@ def _usage(stage: dict[str, Any]) -> dict[str, float]:
 
 # -- the command ----------------------------------------------------------------------------------
 
-def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, workdir: Path) -> dict[str, Any]:
+def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, workdir: Path,
+              peer_venv: Path | None, peer_steps: int) -> dict[str, Any]:
     for name in (f"train.{SRC}", f"train.{TGT}"):
         if not (data / name).is_file():
             raise BenchmarkError(f"no {name} in {data}", hint=DOWNLOAD_HINT)
@@ -241,6 +134,14 @@ def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, wo
         except BenchmarkError as e:
             log.error("%s: %s", name, e.message)
             results[name] = {"error": e.message}
+    if peer_venv:
+        from benchmarks import peer
+
+        try:
+            results["peer"] = peer.measure(peer_venv, bench, sections, peer_steps)
+        except BenchmarkError as e:
+            log.error("peer: %s", e.message)
+            results["peer"] = {"error": e.message}
     results["about"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results["about"]["wall_s"] = round(time.perf_counter() - started, 1)
     results["figures"] = report.figures(results)
@@ -262,6 +163,9 @@ def main(
     json_path: Path = typer.Option(DEFAULT_JSON, "--json", help="Where the results go as JSON."),
     markdown: bool = typer.Option(False, help="Print the Markdown section for BENCHMARKS.md instead of the table."),
     from_json: Optional[Path] = typer.Option(None, help="Print the report of an earlier run; measure nothing."),
+    peer_venv: Optional[Path] = typer.Option(None, help="A venv with JoeyNMT 2.3.0: measure the peer in this run."),
+    peer_steps: Optional[int] = typer.Option(None, help="Training steps of the peer with --peer-venv "
+                                                        "(default 600; --quick: 12)."),
     workdir: Optional[Path] = typer.Option(None, help="Scratch folder, kept afterwards (default: a temporary one)."),
 ):
     """Measure training, decoding, word2vec and streaming speed and memory beside JoeyNMT."""
@@ -276,7 +180,9 @@ def main(
             if scales:
                 overrides["scales"] = _scales(scales)
             settings = replace(Settings(**(QUICK if quick else {})), **overrides)
-            results = _run(settings, sections, data.resolve(), run.resolve(), workdir)
+            if peer_steps is None:
+                peer_steps = 3 * settings.interval if quick else 600
+            results = _run(settings, sections, data.resolve(), run.resolve(), workdir, peer_venv, peer_steps)
             _write_json(json_path, results)
             log.info("results written to %s", json_path)
     except BenchmarkError as e:
@@ -289,7 +195,7 @@ def main(
         raise typer.Exit(1)
 
 
-def _run(settings, sections, data, run, workdir) -> dict[str, Any]:
+def _run(settings, sections, data, run, workdir, peer_venv, peer_steps) -> dict[str, Any]:
     if settings.quick:
         log.warning("quick mode: a smoke test on tiny sizes; its figures say nothing about speed")
     load = os.getloadavg()[0]
@@ -298,10 +204,10 @@ def _run(settings, sections, data, run, workdir) -> dict[str, Any]:
                     load, os.cpu_count())
     if workdir:
         workdir.mkdir(parents=True, exist_ok=True)
-        return benchmark(settings, sections, data, run, workdir.resolve())
+        return benchmark(settings, sections, data, run, workdir.resolve(), peer_venv, peer_steps)
     scratch = Path(tempfile.mkdtemp(prefix="nmt-speed-"))
     try:
-        return benchmark(settings, sections, data, run, scratch)
+        return benchmark(settings, sections, data, run, scratch, peer_venv, peer_steps)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
