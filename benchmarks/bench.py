@@ -43,6 +43,15 @@ class Settings:
     threads: int = len(os.sched_getaffinity(0))
     quick: bool = False
 
+    def validate(self) -> None:
+        for name in ("steps", "interval", "repeats", "threads"):
+            if getattr(self, name) < 1:
+                raise BenchmarkError(f"--{name} must be >= 1; got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise BenchmarkError(f"--warmup must be >= 0; got {self.warmup}")
+        if self.steps < self.interval:
+            raise BenchmarkError(f"--steps ({self.steps}) must be at least one --interval ({self.interval})")
+
 
 QUICK = dict(steps=12, warmup=3, interval=4, model=dict(embed_dim=32, units=32, attention_units=32),
              pairs=2000, test_sentences=64, repeats=2, batch1_sentences=8, scales=(1, 2),

@@ -109,8 +109,11 @@ def _peer(measured: float | None, key: str) -> tuple[float, str]:
 
 
 def _words_per_s(sides: dict[str, Any]) -> float:
-    return (sum(sides[s]["effective_words"] for s in ("src", "tgt"))
-            / sum(sides[s]["train_seconds"] for s in ("src", "tgt")))
+    """Both sides' effective words over both sides' time (each side's time from its own rate, which
+    is exact where the reported seconds are rounded)."""
+    words = [sides[s]["effective_words"] for s in ("src", "tgt")]
+    rates = [sides[s]["words_per_second"] for s in ("src", "tgt")]
+    return sum(words) / sum(w / r for w, r in zip(words, rates) if w)
 
 
 def _row(figure: str, value: float, unit: str, peer: float | None, peer_label: str | None,

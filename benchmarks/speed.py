@@ -1,6 +1,6 @@
 """Speed and memory of the pipeline beside its peer, JoeyNMT 2.3.0, measured in one run.
 
-    python benchmarks/speed.py                       # everything: about 20 minutes on 2 idle cores
+    python benchmarks/speed.py                       # everything (the JSON's about.wall_s: how long)
     python benchmarks/speed.py --only train,decode   # some of it
     python benchmarks/speed.py --quick               # a smoke test on tiny sizes
     python benchmarks/speed.py --markdown            # the section for BENCHMARKS.md, on stdout
@@ -180,6 +180,7 @@ def main(
             if scales:
                 overrides["scales"] = _scales(scales)
             settings = replace(Settings(**(QUICK if quick else {})), **overrides)
+            settings.validate()
             if peer_steps is None:
                 peer_steps = 3 * settings.interval if quick else 600
             results = _run(settings, sections, data.resolve(), run.resolve(), workdir, peer_venv, peer_steps)
