@@ -47,6 +47,17 @@ def masked_loss(label_smoothing: float):
     return loss
 
 
+def compile_for_training(model: Seq2Seq, config: TrainConfig) -> None:
+    """Compile `model` as `train` fits it: Adam with global-norm clipping, the masked loss.
+
+    benchmarks/speed.py times this same training step."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm),
+        loss=masked_loss(config.label_smoothing),
+        jit_compile=False,  # XLA measured slower for this model on CPU
+    )
+
+
 def make_dataset(src: list, tgt: list, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
     """Batches of ((src, tgt_in), tgt_out), grouped by length so padding stays small.
 
@@ -224,14 +235,14 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
             (out / name).unlink(missing_ok=True)
 
     keras.utils.set_random_seed(config.seed)
-    src, tgt = _filter_length(encoded["src"], encoded["tgt"], config.max_len)
+    src, tgt = filter_length(encoded["src"], encoded["tgt"], config.max_len)
     if dev_src and dev_tgt:
         dev_pairs = list(read_parallel(dev_src, dev_tgt))
         if not dev_pairs:
             raise InputError(f"the dev set {dev_src} is empty")
         dev_raw_src, dev_raw_tgt = [s for s, _ in dev_pairs], [t for _, t in dev_pairs]
         dev_ids = {"src": processors["src"].encode(dev_raw_src), "tgt": processors["tgt"].encode(dev_raw_tgt)}
-        dev_ids["src"], dev_ids["tgt"] = _filter_length(dev_ids["src"], dev_ids["tgt"], config.max_len)
+        dev_ids["src"], dev_ids["tgt"] = filter_length(dev_ids["src"], dev_ids["tgt"], config.max_len)
     elif dev_src or dev_tgt:
         raise InputError("give both --dev-src and --dev-tgt, or neither")
     else:  # hold out the last pairs, decoded back to text for BLEU
@@ -250,11 +261,7 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
         model.tgt_embedding.embeddings.assign(embeddings["tgt"])
     if config.freeze_embeddings:
         model.src_embedding.trainable = model.tgt_embedding.trainable = False
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm),
-        loss=masked_loss(config.label_smoothing),
-        jit_compile=False,  # XLA measured slower for this model on CPU
-    )
+    compile_for_training(model, config)
     train_ds = make_dataset(src, tgt, config.batch_size, shuffle=True, seed=config.seed)
     dev_ds = make_dataset(dev_ids["src"], dev_ids["tgt"], config.batch_size, shuffle=False, seed=0)
 
@@ -317,7 +324,8 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
     return report
 
 
-def _filter_length(src: list, tgt: list, max_len: int) -> tuple[list, list]:
+def filter_length(src: list, tgt: list, max_len: int) -> tuple[list, list]:
+    """The pairs whose sides are both non-empty and shorter than `max_len` pieces, as int32 arrays."""
     keep = [i for i in range(len(src)) if 0 < len(src[i]) < max_len and 0 < len(tgt[i]) < max_len]
     if len(keep) < len(src):
         log.info("skipping %d pair(s) longer than %d pieces", len(src) - len(keep), max_len - 1)

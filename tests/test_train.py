@@ -12,8 +12,9 @@ from pipeline import train as train_module
 from pipeline.artifacts import Run
 from pipeline.config import ModelConfig, TokenizeConfig, TrainConfig
 from pipeline.errors import StageError
+from pipeline.model import build_model
 from pipeline.tokenize import BOS, EOS, PAD, tokenize
-from pipeline.train import make_dataset, masked_loss, train
+from pipeline.train import compile_for_training, filter_length, make_dataset, masked_loss, train
 from tests.conftest import TINY_MODEL, toy_pairs, write_corpus
 
 
@@ -63,6 +64,29 @@ def test_batches_are_bucketed_and_shifted_for_teacher_forcing():
         16 * (max(len(x) for x in src[i:i + 16]) + max(len(y) for y in tgt[i:i + 16]) + 2)
         for i in range(0, 288, 16)) 
     assert real / padded > unbucketed + 0.15
+
+
+def test_the_training_step_is_compiled_with_the_configs_optimizer_and_the_masked_loss():
+    model = build_model(ModelConfig(**TINY_MODEL), 20, 20)
+    compile_for_training(model, TrainConfig(learning_rate=3e-3, clip_norm=0.5, label_smoothing=0.0))
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert float(model.optimizer.learning_rate) == pytest.approx(3e-3)
+    assert model.optimizer.global_clipnorm == 0.5
+    src = np.array([[5, 6, EOS], [7, EOS, PAD]], np.int32)
+    tgt_in = np.array([[BOS, 8, 9], [BOS, 10, PAD]], np.int32)
+    tgt_out = np.array([[8, 9, EOS], [10, EOS, PAD]], np.int32)
+    logits = model((src, tgt_in))
+    loss = model.compute_loss(x=(src, tgt_in), y=tgt_out, y_pred=logits)
+    assert float(loss) == pytest.approx(float(masked_loss(0.0)(tgt_out, logits)), rel=1e-6)
+
+
+def test_pairs_with_an_empty_or_too_long_side_are_skipped():
+    src = [[4], [], [4] * 4, [4] * 5, [4, 5]]
+    tgt = [[6], [6], [6], [6], [6] * 5]
+    kept_src, kept_tgt = filter_length(src, tgt, max_len=5)
+    assert [s.tolist() for s in kept_src] == [[4], [4] * 4]
+    assert [t.tolist() for t in kept_tgt] == [[6], [6]]
+    assert kept_src[0].dtype == np.int32
 
 
 def _tokenized(tmp_path, toy_corpus) -> Run:

@@ -1,0 +1,227 @@
+"""The measurements behind benchmarks/speed.py, each run in a process of its own:
+
+    python -m benchmarks.measure KIND SPEC.json OUT.json
+
+KIND is `train`, `decode` or `gensim`; SPEC holds its settings; the figures go to OUT.json. A
+fresh process per measurement keeps its peak RSS its own and lets the thread settings apply
+before TensorFlow starts. Everything timed goes through the project's own code: `make_dataset`,
+`compile_for_training` and `Model.fit` for training, `Translator.translate` for decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.progress import log
+from pipeline.tokenize import EOS, PAD
+
+NEEDED_BY = "benchmarks/speed.py"
+FIRST_WORD = EOS + 1  # ids below are pad, unk, bos, eos, which word2vec never trains
+
+
+def interval_rates(times: list[float], tokens: list[int], warmup: int, interval: int) -> list[float]:
+    """Tokens per second over consecutive intervals of `interval` steps, after `warmup` steps.
+
+    times[0] is when training began and times[i] when step i ended; tokens[i - 1] is step i's
+    token count. A last, shorter interval is left out.
+    """
+    rates = []
+    for start in range(warmup, len(tokens) - interval + 1, interval):
+        end = start + interval
+        rates.append(sum(tokens[start:end]) / (times[end] - times[start]))
+    return rates
+
+
+def set_threads(threads: int) -> dict[str, int]:
+    """Both TensorFlow thread pools to `threads`, before any op runs; returns what TF reports."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
+# -- training ------------------------------------------------------------------------------------
+
+def train(spec: dict[str, Any]) -> dict[str, Any]:
+    """Target tokens per second of `Model.fit` on the run's tokenized pairs, per interval of steps.
+
+    Tokens are counted as JoeyNMT counts them: target pieces with </s>, without padding. The
+    count of each step comes from a second copy of the same seeded dataset, which yields the
+    same batches in the same order (tests/test_speed_benchmark.py checks that it does).
+    """
+    threads = set_threads(spec["threads"])
+    import keras
+
+    from pipeline.artifacts import Run
+    from pipeline.config import ModelConfig, TrainConfig
+    from pipeline.model import build_model
+    from pipeline.tokenize import load_encoded, load_tokenizers
+    from pipeline.train import compile_for_training, filter_length, make_dataset
+
+    run = Run.at(spec["run"])
+    model_config = ModelConfig(**spec["model"])
+    config = TrainConfig(batch_size=spec["batch_size"])
+    processors, _ = load_tokenizers(run, needed_by=NEEDED_BY)
+    encoded = load_encoded(run, needed_by=NEEDED_BY)
+    keras.utils.set_random_seed(config.seed)  # as `train` does
+    src, tgt = filter_length(encoded["src"], encoded["tgt"], config.max_len)
+    model = build_model(model_config, processors["src"].get_piece_size(), processors["tgt"].get_piece_size())
+    compile_for_training(model, config)
+
+    def batches():
+        return make_dataset(src, tgt, config.batch_size, shuffle=True, seed=config.seed).repeat()
+
+    class StepClock(keras.callbacks.Callback):
+        """`times[0]`: when training began; `times[i]`: when step i ended."""
+
+        def on_train_begin(self, logs=None):
+            self.times = [time.perf_counter()]
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter())
+
+    warmup, steps, interval = spec["warmup"], spec["steps"], spec["interval"]
+    tokens = batch_tokens(batches(), warmup + steps)
+    clock = StepClock()
+    log.info("training %s steps (%d warm-up), %d parameters", f"{warmup + steps:,}", warmup,
+             model.count_params())
+    model.fit(batches(), steps_per_epoch=warmup + steps, epochs=1, callbacks=[clock], shuffle=False, verbose=0)
+    times = clock.times
+    rates = interval_rates(times, tokens, warmup, interval)
+    measured_s = times[-1] - times[warmup]
+    return {
+        "tok_per_s": statistics.median(rates) if rates else None,
+        "interval_tok_per_s": [round(r, 1) for r in rates],
+        "mean_tok_per_s": sum(tokens[warmup:]) / measured_s,
+        "steps": steps, "warmup_steps": warmup, "interval_steps": interval,
+        "measured_s": round(measured_s, 2),
+        "first_step_s": round(times[1] - times[0], 2),  # tracing the training step included
+        "tokens_per_step": round(float(np.mean(tokens)), 1),
+        "batch_size": config.batch_size,
+        "train_pairs": len(src),
+        "vocab": {side: processors[side].get_piece_size() for side in processors},
+        "parameters": model.count_params(),
+        "model": spec["model"],
+        "threads": threads,
+    }
+
+
+def batch_tokens(dataset, steps: int) -> list[int]:
+    """Target tokens (</s> included, padding not) in each of the first `steps` batches."""
+    return [int(np.count_nonzero(y != PAD)) for _, y in dataset.take(steps).as_numpy_iterator()]
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+def decode(spec: dict[str, Any]) -> dict[str, Any]:
+    """Sentences per second of greedy and beam search on `spec["src"]`, and whether the output
+    is the same for batches of 1, 16 and the default size."""
+    threads = set_threads(spec["threads"])
+    from pipeline.artifacts import Run
+    from pipeline.config import DecodeConfig
+    from pipeline.data import read_lines
+    from pipeline.translate import Translator
+
+    started = time.perf_counter()
+    translator = Translator.load(Run.at(spec["run"]), needed_by=NEEDED_BY)
+    lines = list(read_lines(spec["src"]))
+    result: dict[str, Any] = {"sentences": len(lines), "load_s": round(time.perf_counter() - started, 2),
+                              "threads": threads}
+    for name, config in (("greedy", DecodeConfig(strategy="greedy")),
+                         (f"beam{spec['beam']}", DecodeConfig(strategy="beam", beam=spec["beam"]))):
+        log.info("decoding %d sentences, %s, %d repetitions", len(lines), name, spec["repeats"])
+        result[name] = _decode(translator, lines, config, spec["repeats"], spec["batch1_sentences"])
+    return result
+
+
+def _decode(translator, lines: list[str], config, repeats: int, batch1_sentences: int) -> dict[str, Any]:
+    def texts(sentences, batch_size):
+        return [h.text for h in translator.translate(sentences, replace(config, batch_size=batch_size))]
+
+    started = time.perf_counter()
+    reference = texts(lines, config.batch_size)  # the first call traces the search functions
+    first_call_s = time.perf_counter() - started
+    seconds, unstable = [], 0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        again = texts(lines, config.batch_size)
+        seconds.append(time.perf_counter() - started)
+        unstable += _mismatches(again, reference)
+    subset = lines[:batch1_sentences]
+    return {
+        "sent_per_s": len(lines) / statistics.median(seconds),
+        "seconds": [round(s, 3) for s in seconds],
+        "first_call_s": round(first_call_s, 2),
+        "batch_size": config.batch_size,
+        "mean_output_words": round(float(np.mean([len(t.split()) for t in reference])), 2),
+        "mismatches": {
+            "repeats_vs_first": unstable,
+            "batch_16_vs_default": _mismatches(texts(lines, 16), reference),
+            "batch_1_vs_default": _mismatches(texts(subset, 1), reference[:len(subset)]),
+        },
+        "batch_1_sentences": len(subset),
+    }
+
+
+def _mismatches(a: list[str], b: list[str]) -> int:
+    return sum(x != y for x, y in zip(a, b, strict=True))
+
+
+# -- gensim's word2vec, the peer of the pretrain stage ---------------------------------------------
+
+def gensim(spec: dict[str, Any]) -> dict[str, Any]:
+    """gensim's skip-gram on each side's pieces in the run's train.npz, with the pretrain settings.
+
+    Its effective words (those kept by down-sampling, over all epochs) are what the pretrain
+    stage reports as effective words too.
+    """
+    import gensim as gensim_module
+    from gensim.models import Word2Vec
+
+    w2v = spec["word2vec"]
+    with np.load(Path(spec["run"]) / "tokenize" / "train.npz") as z:
+        corpora = {side: (z[f"{side}_ids"], z[f"{side}_offsets"]) for side in ("src", "tgt")}
+    result: dict[str, Any] = {"version": gensim_module.__version__, "workers": spec["threads"]}
+    for side, (ids, offsets) in corpora.items():
+        tokens, bounds = ids.tolist(), offsets.tolist()
+        sentences = [[str(i) for i in tokens[a:b] if i >= FIRST_WORD] for a, b in zip(bounds[:-1], bounds[1:])]
+        model = Word2Vec(sg=1, vector_size=w2v["dim"], window=w2v["window"], negative=w2v["negatives"],
+                         sample=w2v["subsample"], min_count=1, workers=spec["threads"], epochs=w2v["epochs"],
+                         seed=w2v["seed"])
+        started = time.perf_counter()
+        model.build_vocab(sentences)
+        built = time.perf_counter()
+        effective, raw = model.train(sentences, total_examples=model.corpus_count, epochs=model.epochs)
+        finished = time.perf_counter()
+        result[side] = {"effective_words": int(effective), "raw_words": int(raw), "vocab": len(model.wv),
+                        "build_vocab_s": round(built - started, 2), "train_seconds": round(finished - built, 2),
+                        "words_per_second": round(effective / (finished - built))}
+        log.info("gensim %s: %s effective words/s", side, f"{result[side]['words_per_second']:,}")
+    return result
+
+
+KINDS = {"train": train, "decode": decode, "gensim": gensim}
+
+
+def main(argv: list[str]) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("gensim").setLevel(logging.WARNING)  # it logs every phase at INFO
+    kind, spec_path, out_path = argv
+    spec = json.loads(Path(spec_path).read_text())
+    Path(out_path).write_text(json.dumps(KINDS[kind](spec), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,266 @@
+"""The benchmark's report: the machine it ran on, each figure beside the peer's, as text or Markdown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_README = "../shared/peer/README.md"
+# JoeyNMT 2.3.0 on this project's machine kind (2 cores), from ../shared/peer/README.md.
+PUBLISHED = {
+    "train_tok_per_s": 1964,
+    "greedy_sent_per_s": 414,
+    "beam_sent_per_s": 68,
+    "word2vec_words_per_s": 400_000,  # gensim 4.4, "~400k effective words/s"
+}
+PUBLISHED_LABEL = "published, same machine kind"
+GOALS = {"train": 2.0, "train_rss_gib": 3.0, "greedy": 2.0, "beam": 3.0, "word2vec": 0.5}
+PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "sentencepiece", "gensim")
+
+
+def about(threads: int, env: dict[str, str]) -> dict[str, Any]:
+    """The machine, the code and the settings that the figures depend on."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %z"),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "uncommitted_changes": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)),
+        "threads": {"intra_op": threads, "inter_op": threads, "gensim_workers": threads,
+                    "set_by": "TF_NUM_INTRAOP_THREADS and TF_NUM_INTEROP_THREADS in every measured process, "
+                              "and tf.config.threading in benchmarks/measure.py"},
+        "environment": {k: env.get(k) for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")},
+        "versions": versions,
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _git(*args: str) -> str | None:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+# -- figures ----------------------------------------------------------------------------------------
+
+def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per figure: the project's value, the peer's, their ratio and the goal."""
+    rows = []
+    peer = results.get("peer") or {}
+    train = results.get("train") or {}
+    if train.get("tok_per_s"):
+        value, label = _peer(peer.get("train", {}).get("tok_per_s"), "train_tok_per_s")
+        rows.append(_row("training throughput", train["tok_per_s"], "target tok/s", value, label,
+                         ratio_goal=GOALS["train"]))
+        peer_rss = peer.get("train", {}).get("process", {}).get("peak_rss_mib")
+        rows.append(_row("training peak RSS", train["process"]["peak_rss_mib"] / 1024, "GiB",
+                         peer_rss and peer_rss / 1024, "JoeyNMT, this run" if peer_rss else None,
+                         below=GOALS["train_rss_gib"]))
+    decode = results.get("decode") or {}
+    beam = f"beam{(results.get('settings') or {}).get('beam', 5)}"
+    if "greedy" in decode:
+        for name, key, goal in (("greedy", "greedy_sent_per_s", GOALS["greedy"]),
+                                (beam, "beam_sent_per_s", GOALS["beam"])):
+            value, label = _peer(peer.get("decode", {}).get(name, {}).get("sent_per_s"), key)
+            rows.append(_row(f"decoding, {name.replace('beam', 'beam ')}", decode[name]["sent_per_s"], "sent/s",
+                             value, label, ratio_goal=goal))
+        mismatches = sum(n for name in ("greedy", beam) for n in decode[name]["mismatches"].values())
+        rows.append(_row("decoding, outputs differing by batch size (1, 16, 64)", mismatches, "sentences",
+                         None, None, equal=0))
+    w2v = results.get("w2v") or {}
+    if "project" in w2v:
+        gensim = w2v.get("gensim", {})
+        if "src" in gensim:
+            value, label = _words_per_s(gensim), f"gensim {gensim['version']}, this run"
+        else:
+            value, label = PUBLISHED["word2vec_words_per_s"], f"gensim, {PUBLISHED_LABEL}"
+        rows.append(_row("word2vec, both sides", _words_per_s(w2v["project"]), "effective words/s", value, label,
+                         ratio_goal=GOALS["word2vec"]))
+    return rows
+
+
+def _peer(measured: float | None, key: str) -> tuple[float, str]:
+    if measured:
+        return measured, "JoeyNMT, this run"
+    return PUBLISHED[key], PUBLISHED_LABEL
+
+
+def _words_per_s(sides: dict[str, Any]) -> float:
+    """Both sides' effective words over both sides' time (each side's time from its own rate, which
+    is exact where the reported seconds are rounded)."""
+    words = [sides[s]["effective_words"] for s in ("src", "tgt")]
+    rates = [sides[s]["words_per_second"] for s in ("src", "tgt")]
+    return sum(words) / sum(w / r for w, r in zip(words, rates) if w)
+
+
+def _row(figure: str, value: float, unit: str, peer: float | None, peer_label: str | None,
+         ratio_goal: float | None = None, below: float | None = None, equal: float | None = None) -> dict:
+    ratio = value / peer if peer else None
+    if ratio_goal is not None:
+        goal, met = f">= {ratio_goal:g}x peer", ratio is not None and ratio >= ratio_goal
+    elif below is not None:
+        goal, met = f"< {below:g} {unit}", value < below
+    else:
+        goal, met = f"{equal:g}", value == equal
+    return {"figure": figure, "value": value, "unit": unit, "peer": peer, "peer_source": peer_label,
+            "ratio": ratio, "goal": goal, "met": met}
+
+
+# -- rendering --------------------------------------------------------------------------------------
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    peer = f"{_num(row['peer'])} ({row['peer_source']})" if row["peer"] is not None else "-"
+    ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
+    return [row["figure"], f"{_num(row['value'])} {row['unit']}", peer, ratio, row["goal"],
+            "yes" if row["met"] else "no"]
+
+
+def _stream_cells(results: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for row in (results.get("stream") or {}).get("rows", []):
+        t, p = row["tokenize"], row["pretrain"]
+        rows.append([f"{row['scale']}x", f"{row['pairs']:,}",
+                     f"{t['wall_s']:.1f} s ({t['wall_s_per_pair_vs_first']:.2f})",
+                     f"{t['peak_rss_mib']:,.0f} MiB ({t['rss_vs_first']:.2f})",
+                     f"{p['wall_s']:.1f} s ({p['wall_s_per_pair_vs_first']:.2f})",
+                     f"{p['word2vec_s']:.1f} s ({p['word2vec_s_per_pair_vs_first']:.2f})",
+                     f"{p['peak_rss_mib']:,.0f} MiB ({p['rss_vs_first']:.2f})"])
+    return rows
+
+
+FIGURE_HEADER = ["figure", "this project", "peer", "ratio", "goal", "met"]
+STREAM_HEADER = ["corpus", "pairs", "tokenize wall", "tokenize peak RSS", "pretrain wall", "of which word2vec",
+                 "pretrain peak RSS"]
+STREAM_NOTE = ("Streaming: `python cli.py tokenize` and `pretrain` on the training corpus repeated k times, each a "
+               "process of its own. In brackets: time per pair, and peak RSS, relative to the first row. Pretrain's "
+               "wall time includes starting TensorFlow and compiling; word2vec's is the training alone.")
+
+
+def _summary(results: dict[str, Any]) -> list[str]:
+    a = results["about"]
+    threads = a["threads"]
+    lines = [f"{a['date']}, commit {a['commit']}{' (with uncommitted changes)' if a['uncommitted_changes'] else ''}; "
+             f"{a['cpu']}, {a['cpu_count']} cores ({a['usable_cores']} usable); TensorFlow threads "
+             f"intra-op {threads['intra_op']}, inter-op {threads['inter_op']}; load average "
+             f"{a['load_average_start'][0]:.2f} at the start, {a.get('load_average_end', ['?'])[0]} at the end; "
+             f"{a.get('wall_s', 0):.0f} s in all."]
+    if results["settings"].get("quick"):
+        lines.append("QUICK MODE: tiny sizes and a tiny model, a smoke test; these figures say nothing about speed.")
+    for name in ("train", "decode", "w2v", "stream", "peer"):
+        section = results.get(name) or {}
+        for key in ("skipped", "error"):
+            if key in section:
+                lines.append(f"{name}: {key}: {section[key]}")
+        if name == "w2v" and "skipped" in section.get("gensim", {}):
+            lines.append(f"w2v: gensim {section['gensim']['skipped']}")
+    return lines
+
+
+def _details(results: dict[str, Any]) -> list[str]:
+    """How each figure was taken, in a line or two."""
+    lines = []
+    train = results.get("train") or {}
+    if train.get("tok_per_s"):
+        lines.append(
+            f"training: median of {len(train['interval_tok_per_s'])} intervals of {train['interval_steps']} steps "
+            f"(range {_num(min(train['interval_tok_per_s']))}-{_num(max(train['interval_tok_per_s']))} tok/s) after "
+            f"{train['warmup_steps']} warm-up steps; {train['train_pairs']:,} pairs, batches of {train['batch_size']} "
+            f"sentences, {train['tokens_per_step']:,.0f} target tokens a step; {train['parameters']:,} parameters "
+            f"(JoeyNMT's: 4,978,688); first step, tracing included, {train['first_step_s']:.1f} s")
+    decode = results.get("decode") or {}
+    for name in [k for k in decode if isinstance(decode[k], dict) and "sent_per_s" in decode[k]]:
+        d = decode[name]
+        lines.append(
+            f"decoding, {name}: {decode['sentences']} sentences in batches of {d['batch_size']}, median of "
+            f"{len(d['seconds'])} passes ({', '.join(f'{x:.2f}' for x in d['seconds'])} s) after a first one of "
+            f"{d['first_call_s']:.1f} s (tracing); {d['mean_output_words']:.1f} words an output; differing outputs: "
+            f"{d['mismatches']['batch_1_vs_default']} of the first {d['batch_1_sentences']} with batches of 1, "
+            f"{d['mismatches']['batch_16_vs_default']} with batches of 16, "
+            f"{d['mismatches']['repeats_vs_first']} between passes")
+    w2v = results.get("w2v") or {}
+    if "project" in w2v:
+        gensim = w2v.get("gensim", {})
+        for side in ("src", "tgt"):
+            p, g = w2v["project"][side], gensim.get(side)
+            lines.append(f"word2vec, {side}: {p['effective_words']:,} effective words at {p['words_per_second']:,}/s "
+                         f"(compiling {p['compile_seconds']:.1f} s, not counted)"
+                         + (f"; gensim {g['effective_words']:,} at {g['words_per_second']:,}/s" if g else ""))
+    peer = results.get("peer") or {}
+    if (peer.get("train") or {}).get("tok_per_s"):
+        t = peer["train"]
+        lines.append(f"JoeyNMT training: median of {len(t['interval_tok_per_s'])} intervals of {t['interval_steps']} "
+                     f"steps after a first one left out, {t['steps']} steps in all")
+    for name, d in (peer.get("decode") or {}).items():
+        if isinstance(d, dict) and "sent_per_s" in d:
+            lines.append(f"JoeyNMT decoding, {name}: {peer['decode']['sentences']} sentences in batches of "
+                         f"{d['batch_size']}, median of {len(d['seconds'])} passes after a first one of "
+                         f"{d['first_call_s']:.1f} s; the checkpoint of its {peer['decode']['checkpoint_steps']} "
+                         f"training steps; {d['mean_output_words']:.1f} words an output")
+    return lines
+
+
+def table(results: dict[str, Any]) -> str:
+    """The figures as aligned plain text, for a terminal."""
+    out = _summary(results) + [""] + _details(results) + [""]
+    for header, rows in ((FIGURE_HEADER, [_cells(r) for r in results["figures"]]),
+                         (STREAM_HEADER, _stream_cells(results))):
+        if not rows:
+            continue
+        if header is STREAM_HEADER:
+            out.append(STREAM_NOTE)
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        for r in [header] + rows:
+            out.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """A section for BENCHMARKS.md."""
+    out = ["## Speed and memory", "", "Measured by `python benchmarks/speed.py` "
+           f"(JSON: `benchmarks/results/speed.json`). Peer: JoeyNMT 2.3.0 ({PEER_README}).", ""]
+    out += [f"- {line}" for line in _summary(results) + _details(results)] + [""]
+    for header, rows in ((FIGURE_HEADER, [_cells(r) for r in results["figures"]]),
+                         (STREAM_HEADER, _stream_cells(results))):
+        if not rows:
+            continue
+        if header is STREAM_HEADER:
+            out += [STREAM_NOTE, ""]
+        out.append("| " + " | ".join(header) + " |")
+        out.append("|" + "---|" * len(header))
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"

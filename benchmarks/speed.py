@@ -1,0 +1,241 @@
+"""Speed and memory of the pipeline beside its peer, JoeyNMT 2.3.0, measured in one run.
+
+    python benchmarks/speed.py                       # everything (the JSON's about.wall_s: how long)
+    python benchmarks/speed.py --only train,decode   # some of it
+    python benchmarks/speed.py --quick               # a smoke test on tiny sizes
+    python benchmarks/speed.py --markdown            # the section for BENCHMARKS.md, on stdout
+
+The figures, each measured in a subprocess of its own (its peak RSS comes from wait4):
+
+    train   target tokens/s of the reference model's training step (make_dataset, the masked
+            loss, Model.fit), median over intervals of --interval steps after a warm-up; peak RSS
+    decode  sentences/s of greedy and beam-5 search on the test set with a trained run (--run),
+            median of --repeats passes after a first, tracing one; the outputs of batches of 1,
+            16 and 64 compared
+    w2v     effective words/s of `python cli.py pretrain` and of gensim's word2vec (if installed:
+            `pip install gensim`) on the same pieces with the same settings, back to back
+    stream  wall time and peak RSS of `python cli.py tokenize` and `pretrain` on the training
+            corpus repeated 1x, 3x and 10x
+
+Ratios are to JoeyNMT's figures published for this machine kind (../shared/peer/README.md), or,
+with --peer-venv, to JoeyNMT measured in the same run (benchmarks/peer.py). Results: a table on
+stdout, JSON in benchmarks/results/speed.json; progress and logs on stderr.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's modules come from ROOT
+    sys.path.insert(0, str(ROOT))
+
+import typer  # noqa: E402
+
+from benchmarks import report  # noqa: E402
+from benchmarks.bench import DOWNLOAD_HINT, QUICK, SRC, TGT, Bench, BenchmarkError, Settings  # noqa: E402
+
+log = logging.getLogger("benchmarks")
+SECTIONS = ("train", "decode", "w2v", "stream")
+DEFAULT_DATA = ROOT / "data" / "small_parallel_enja"
+DEFAULT_RUN = ROOT / "saved_models" / "enja"
+DEFAULT_JSON = ROOT / "benchmarks" / "results" / "speed.json"
+
+
+# -- the four sections ----------------------------------------------------------------------------
+
+def measure_train(bench: Bench) -> dict[str, Any]:
+    s = bench.settings
+    tokenized = bench.stage("tokenize", 1)
+    return bench.measure("train", {"run": str(tokenized["run"]), "steps": s.steps, "warmup": s.warmup,
+                                   "interval": s.interval, "batch_size": s.batch_size, "model": s.model})
+
+
+def measure_decode(bench: Bench, run: Path) -> dict[str, Any]:
+    s = bench.settings
+    if not (run / "train" / "manifest.json").is_file():
+        reason = (f"no trained run at {run}: train one (`python cli.py pipeline --config configs/enja.toml`) "
+                  "or pass --run")
+        log.warning("decode skipped: %s", reason)
+        return {"skipped": reason}
+    src = bench.data / f"test.{SRC}"
+    if not src.is_file():
+        raise BenchmarkError(f"no test set at {src}", hint=DOWNLOAD_HINT)
+    if s.test_sentences is not None:
+        lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[:s.test_sentences]
+        src = bench.workdir / f"test.{SRC}"
+        src.write_text("".join(lines), encoding="utf-8")
+    return {"run": str(run), **bench.measure("decode", {"run": str(run), "src": str(src), "beam": s.beam,
+                                                        "repeats": s.repeats,
+                                                        "batch1_sentences": s.batch1_sentences})}
+
+
+def measure_w2v(bench: Bench) -> dict[str, Any]:
+    pretrained = bench.stage("pretrain", 1)
+    project = {side: {k: pretrained["report"][side][k]
+                      for k in ("effective_words", "words_per_second", "train_seconds", "compile_seconds")}
+               for side in ("src", "tgt")}
+    result = {"settings": bench.settings.word2vec, "project": project, "process": _usage(pretrained)}
+    if importlib.util.find_spec("gensim") is None:
+        log.warning("gensim is not installed (`pip install gensim`): comparing with its published figure")
+        result["gensim"] = {"skipped": "gensim is not installed (`pip install gensim`)"}
+        return result
+    result["gensim"] = bench.measure("gensim", {"run": str(pretrained["run"]), "word2vec": bench.settings.word2vec})
+    return result
+
+
+def measure_stream(bench: Bench) -> dict[str, Any]:
+    rows = []
+    for scale in bench.settings.scales:
+        tokenized, pretrained = bench.stage("tokenize", scale), bench.stage("pretrain", scale)
+        word2vec_s = sum(pretrained["report"][side]["train_seconds"] for side in ("src", "tgt"))
+        rows.append({"scale": scale, "pairs": tokenized["report"]["kept"], "tokenize": _usage(tokenized),
+                     "pretrain": {**_usage(pretrained), "word2vec_s": round(word2vec_s, 2)}})
+    base = rows[0]
+    for row in rows:
+        factor = row["pairs"] / base["pairs"]
+        for stage, clock in (("tokenize", "wall_s"), ("pretrain", "wall_s"), ("pretrain", "word2vec_s")):
+            row[stage][f"{clock}_per_pair_vs_first"] = round(row[stage][clock] / base[stage][clock] / factor, 2)
+        for stage in ("tokenize", "pretrain"):
+            row[stage]["rss_vs_first"] = round(row[stage]["peak_rss_mib"] / base[stage]["peak_rss_mib"], 2)
+    return {"rows": rows}
+
+
+def _usage(stage: dict[str, Any]) -> dict[str, float]:
+    return {"wall_s": stage["wall_s"], "peak_rss_mib": stage["peak_rss_mib"]}
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, workdir: Path,
+              peer_venv: Path | None, peer_steps: int) -> dict[str, Any]:
+    for name in (f"train.{SRC}", f"train.{TGT}"):
+        if not (data / name).is_file():
+            raise BenchmarkError(f"no {name} in {data}", hint=DOWNLOAD_HINT)
+    bench = Bench(settings, data, workdir)
+    results: dict[str, Any] = {"about": report.about(settings.threads, bench.env), "settings": asdict(settings),
+                               "sections": sections}
+    started = time.perf_counter()
+    measures = {"train": measure_train, "decode": lambda b: measure_decode(b, run),
+                "w2v": measure_w2v, "stream": measure_stream}
+    for name in sections:
+        try:
+            results[name] = measures[name](bench)
+        except BenchmarkError as e:
+            log.error("%s: %s", name, e.message)
+            results[name] = {"error": e.message}
+    if peer_venv:
+        from benchmarks import peer
+
+        try:
+            results["peer"] = peer.measure(peer_venv, bench, sections, peer_steps)
+        except BenchmarkError as e:
+            log.error("peer: %s", e.message)
+            results["peer"] = {"error": e.message}
+    results["about"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["about"]["wall_s"] = round(time.perf_counter() - started, 1)
+    results["figures"] = report.figures(results)
+    return results
+
+
+def main(
+    only: str = typer.Option(",".join(SECTIONS), help=f"Comma-separated sections: {', '.join(SECTIONS)}."),
+    quick: bool = typer.Option(False, help="Tiny sizes and a tiny model: a smoke test, not a measurement."),
+    steps: Optional[int] = typer.Option(None, help="Measured training steps after the warm-up (default 1000)."),
+    warmup: Optional[int] = typer.Option(None, help="Training steps before the clock starts (default 50)."),
+    interval: Optional[int] = typer.Option(None, help="Steps per throughput interval (default 100)."),
+    repeats: Optional[int] = typer.Option(None, help="Timed decoding passes after the first (default 5)."),
+    scales: Optional[str] = typer.Option(None, help="Corpus repetitions for the stream section (default 1,3,10)."),
+    threads: Optional[int] = typer.Option(None, help="TensorFlow intra- and inter-op threads, gensim workers "
+                                                     "(default: the cores this process may use)."),
+    data: Path = typer.Option(DEFAULT_DATA, help="Folder with train.ja, train.en and test.ja."),
+    run: Path = typer.Option(DEFAULT_RUN, help="A trained run for the decode section."),
+    json_path: Path = typer.Option(DEFAULT_JSON, "--json", help="Where the results go as JSON."),
+    markdown: bool = typer.Option(False, help="Print the Markdown section for BENCHMARKS.md instead of the table."),
+    from_json: Optional[Path] = typer.Option(None, help="Print the report of an earlier run; measure nothing."),
+    peer_venv: Optional[Path] = typer.Option(None, help="A venv with JoeyNMT 2.3.0: measure the peer in this run."),
+    peer_steps: Optional[int] = typer.Option(None, help="Training steps of the peer with --peer-venv "
+                                                        "(default 600; --quick: 12)."),
+    workdir: Optional[Path] = typer.Option(None, help="Scratch folder, kept afterwards (default: a temporary one)."),
+):
+    """Measure training, decoding, word2vec and streaming speed and memory beside JoeyNMT."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        if from_json:
+            results = json.loads(from_json.read_text(encoding="utf-8"))
+        else:
+            sections = _sections(only)
+            overrides = {k: v for k, v in dict(steps=steps, warmup=warmup, interval=interval, repeats=repeats,
+                                               threads=threads).items() if v is not None}
+            if scales:
+                overrides["scales"] = _scales(scales)
+            settings = replace(Settings(**(QUICK if quick else {})), **overrides)
+            settings.validate()
+            if peer_steps is None:
+                peer_steps = 3 * settings.interval if quick else 600
+            results = _run(settings, sections, data.resolve(), run.resolve(), workdir, peer_venv, peer_steps)
+            _write_json(json_path, results)
+            log.info("results written to %s", json_path)
+    except BenchmarkError as e:
+        typer.echo(f"error: {e.message}", err=True)
+        if e.hint:
+            typer.echo(f"hint: {e.hint}", err=True)
+        raise typer.Exit(1)
+    typer.echo(report.markdown(results) if markdown else report.table(results))
+    if any("error" in results.get(name, {}) for name in SECTIONS + ("peer",)):
+        raise typer.Exit(1)
+
+
+def _run(settings, sections, data, run, workdir, peer_venv, peer_steps) -> dict[str, Any]:
+    if settings.quick:
+        log.warning("quick mode: a smoke test on tiny sizes; its figures say nothing about speed")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        log.warning("load average %.1f on %d cores: other work shares the CPU, figures will be low",
+                    load, os.cpu_count())
+    if workdir:
+        workdir.mkdir(parents=True, exist_ok=True)
+        return benchmark(settings, sections, data, run, workdir.resolve(), peer_venv, peer_steps)
+    scratch = Path(tempfile.mkdtemp(prefix="nmt-speed-"))
+    try:
+        return benchmark(settings, sections, data, run, scratch, peer_venv, peer_steps)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _sections(only: str) -> list[str]:
+    chosen = [name.strip() for name in only.split(",") if name.strip()]
+    for name in chosen:
+        if name not in SECTIONS:
+            raise BenchmarkError(f"unknown section {name!r}; valid sections: {', '.join(SECTIONS)}")
+    return [name for name in SECTIONS if name in chosen]
+
+
+def _scales(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise BenchmarkError(f"--scales takes whole numbers >= 1 separated by commas; got {text!r}")
+    return values
+
+
+def _write_json(path: Path, results: dict[str, Any]) -> None:
+    from pipeline.artifacts import write_json_atomic
+
+    write_json_atomic(path, results)
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,133 @@
+"""benchmarks/speed.py: its quick mode end to end on a toy corpus, and the parts it relies on."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import report
+from benchmarks.measure import batch_tokens, interval_rates
+from pipeline.tokenize import PAD
+from pipeline.train import make_dataset
+from tests.conftest import ROOT, toy_pairs, write_corpus
+
+SCRIPT = ROOT / "benchmarks" / "speed.py"
+
+
+def speed(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("speed-data")
+    write_corpus(folder, "train", toy_pairs(600, seed=11))
+    write_corpus(folder, "test", toy_pairs(30, seed=12))
+    return folder
+
+
+def test_quick_mode_measures_every_figure(toy_data, tiny_run, tmp_path):
+    out = tmp_path / "speed.json"
+    proc = speed("--quick", "--data", toy_data, "--run", tiny_run.root, "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+
+    train = results["train"]
+    assert train["tok_per_s"] > 0 and len(train["interval_tok_per_s"]) == 3  # 12 steps in intervals of 4
+    assert train["train_pairs"] == 600 and train["batch_size"] == 64
+    assert 100 < train["process"]["peak_rss_mib"] < 3 * 1024
+    assert train["threads"]["intra_op"] == results["about"]["threads"]["intra_op"] >= 1
+
+    decode = results["decode"]
+    assert decode["sentences"] == 30
+    for name in ("greedy", "beam5"):
+        assert decode[name]["sent_per_s"] > 0 and len(decode[name]["seconds"]) == 2
+        # the search promises the same output whatever the batch size
+        assert decode[name]["mismatches"] == {"repeats_vs_first": 0, "batch_16_vs_default": 0,
+                                              "batch_1_vs_default": 0}
+
+    w2v = results["w2v"]
+    for side in ("src", "tgt"):
+        assert w2v["project"][side]["words_per_second"] > 0
+        assert "skipped" in w2v["gensim"] or w2v["gensim"][side]["words_per_second"] > 0
+
+    rows = results["stream"]["rows"]
+    assert [(r["scale"], r["pairs"]) for r in rows] == [(1, 600), (2, 1200)]
+    assert all(r[stage]["peak_rss_mib"] > 0 for r in rows for stage in ("tokenize", "pretrain"))
+
+    names = [f["figure"] for f in results["figures"]]
+    assert names == ["training throughput", "training peak RSS", "decoding, greedy", "decoding, beam 5",
+                     "decoding, outputs differing by batch size (1, 16, 64)", "word2vec, both sides"]
+    assert "training throughput" in proc.stdout and "QUICK MODE" in proc.stdout
+
+
+def test_decode_is_skipped_without_a_trained_run(toy_data, tmp_path):
+    out = tmp_path / "speed.json"
+    proc = speed("--quick", "--only", "decode", "--data", toy_data, "--run", tmp_path / "none", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["decode"]["skipped"].startswith(f"no trained run at {tmp_path / 'none'}")
+    assert "decode: skipped: no trained run" in proc.stdout
+
+
+def test_an_unknown_section_or_a_missing_corpus_is_one_line_and_exit_code_1(toy_data, tmp_path):
+    proc = speed("--only", "train,speed", "--data", toy_data)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: unknown section 'speed'; valid sections: train, decode, w2v, stream"
+    proc = speed("--only", "train", "--data", tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-2:] == [
+        f"error: no train.ja in {tmp_path}",
+        "hint: python cli.py download small_parallel_enja --from ../shared/data/small_parallel_enja"]
+
+
+def test_interval_rates_skip_the_warmup_and_a_last_short_interval():
+    times = [0.0, 5.0, 6.0, 7.0, 9.0, 10.0, 11.0]  # step 1 (tracing) takes 5 s
+    tokens = [100, 10, 10, 40, 10, 10]
+    assert interval_rates(times, tokens, warmup=1, interval=2) == [20 / 2, 50 / 3]
+
+
+def test_token_counts_replay_the_batches_fit_sees():
+    rng = np.random.default_rng(0)
+    src = [rng.integers(4, 50, n).astype(np.int32) for n in rng.integers(1, 20, 100)]
+    tgt = [rng.integers(4, 50, n).astype(np.int32) for n in rng.integers(1, 20, 100)]
+
+    def batches():  # as benchmarks/measure.py makes them: seeded, repeated past the first epoch
+        return make_dataset(src, tgt, batch_size=16, shuffle=True, seed=3).repeat()
+
+    first = [y for _, y in batches().take(20).as_numpy_iterator()]
+    second = [y for _, y in batches().take(20).as_numpy_iterator()]
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    counts = batch_tokens(batches(), 20)
+    assert counts == [int((y != PAD).sum()) for y in first]
+    epoch = len(list(make_dataset(src, tgt, batch_size=16, shuffle=True, seed=3)))
+    assert sum(counts[:epoch]) == sum(len(t) + 1 for t in tgt)  # every target piece and its </s>, once
+
+
+def test_figures_compare_with_the_published_peer_unless_it_was_measured():
+    results = {
+        "settings": {"beam": 5},
+        "train": {"tok_per_s": 3928.0, "process": {"peak_rss_mib": 1536.0}},
+        "decode": {"greedy": {"sent_per_s": 828.0, "mismatches": {"a": 0, "b": 1}},
+                   "beam5": {"sent_per_s": 136.0, "mismatches": {"a": 0, "b": 0}}},
+        "w2v": {"project": {s: {"effective_words": 200_000, "words_per_second": 200_000} for s in ("src", "tgt")},
+                "gensim": {"skipped": "gensim is not installed"}},
+    }
+    rows = {r["figure"]: r for r in report.figures(results)}
+    assert rows["training throughput"]["ratio"] == pytest.approx(2.0) and rows["training throughput"]["met"]
+    assert rows["training throughput"]["peer_source"] == report.PUBLISHED_LABEL
+    assert rows["training peak RSS"]["value"] == 1.5 and rows["training peak RSS"]["met"]
+    assert rows["decoding, greedy"]["ratio"] == pytest.approx(2.0)
+    assert rows["decoding, beam 5"]["ratio"] == pytest.approx(2.0) and not rows["decoding, beam 5"]["met"]
+    assert rows["decoding, outputs differing by batch size (1, 16, 64)"]["value"] == 1
+    assert rows["word2vec, both sides"]["ratio"] == pytest.approx(0.5)
+
+    results["peer"] = {"train": {"tok_per_s": 1964.0 * 4, "process": {"peak_rss_mib": 768.0}}}
+    rows = {r["figure"]: r for r in report.figures(results)}
+    assert rows["training throughput"]["ratio"] == pytest.approx(0.5)
+    assert rows["training throughput"]["peer_source"] == "JoeyNMT, this run"
+    assert rows["training peak RSS"]["ratio"] == pytest.approx(2.0)
