@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from pipeline.artifacts import Run
 from pipeline.config import ConfigError, load_pipeline_config
 from tests.test_cli import cli
 
@@ -50,7 +51,7 @@ def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_co
     again = json.loads(cli("pipeline", "--config", config).stdout)
     assert [s["status"] for s in again["stages"].values()] == ["skipped"] * 4
 
-    from pipeline.artifacts import Run  # a stage rerun by hand outdates the stages after it
+    # a stage rerun by hand outdates the stages after it
 
     run = Run.at(tmp_path / "run")
     manifest = run.manifest("train")
@@ -71,7 +72,7 @@ def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_co
 def test_unknown_config_key_names_the_valid_ones(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[train]\nepoch = 3\n', encoding="utf-8")
-    with pytest.raises(ConfigError, match="unknown config key train.epoch; valid keys: batch_size"):
+    with pytest.raises(ConfigError, match="unknown config key train.epoch; valid keys: average_checkpoints, batch_size"):
         load_pipeline_config(path)
     proc = cli("pipeline", "--config", path, check=False)
     assert proc.returncode == 1 and "unknown config key train.epoch" in proc.stderr
