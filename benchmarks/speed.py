@@ -173,6 +173,7 @@ def main(
     try:
         if from_json:
             results = json.loads(from_json.read_text(encoding="utf-8"))
+            results["figures"] = report.figures(results)  # with the report's current rules
         else:
             sections = _sections(only)
             overrides = {k: v for k, v in dict(steps=steps, warmup=warmup, interval=interval, repeats=repeats,

@@ -131,3 +131,15 @@ def test_figures_compare_with_the_published_peer_unless_it_was_measured():
     assert rows["training throughput"]["ratio"] == pytest.approx(0.5)
     assert rows["training throughput"]["peer_source"] == "JoeyNMT, this run"
     assert rows["training peak RSS"]["ratio"] == pytest.approx(2.0)
+
+
+def test_decoding_speed_is_compared_only_between_models_writing_similar_lengths():
+    ours = {"greedy": {"sent_per_s": 600.0, "mean_output_words": 8.0, "mismatches": {"a": 0}},
+            "beam5": {"sent_per_s": 100.0, "mean_output_words": 8.0, "mismatches": {"a": 0}}}
+    babbling = {"decode": {"greedy": {"sent_per_s": 80.0, "mean_output_words": 61.0},
+                           "beam5": {"sent_per_s": 26.0, "mean_output_words": 10.0}}}
+    rows = {r["figure"]: r for r in report.figures({"decode": ours, "peer": babbling})}
+    greedy, beam = rows["decoding, greedy"], rows["decoding, beam 5"]
+    assert greedy["peer"] == report.PUBLISHED["greedy_sent_per_s"]  # 61 vs 8 words: not comparable
+    assert greedy["peer_source"] == report.PUBLISHED_LABEL
+    assert beam["peer"] == 26.0 and beam["peer_source"] == "JoeyNMT, this run"  # 10 vs 8: comparable
