@@ -42,6 +42,17 @@ def read_parallel(src: str | Path, tgt: str | Path) -> Iterator[tuple[str, str]]
     yield from _zip_strict(read_lines(src), read_lines(tgt), src, tgt)
 
 
+def read_corpus(src: str | None, tgt: str | None, tsv: str | None, tsv_src_col: int = 1,
+                tsv_tgt_col: int = 0) -> tuple[Iterator[tuple[str, str]], dict[str, str]]:
+    """The pairs of a corpus given as a TSV file or as two parallel files, and the input files
+    (for a stage's manifest)."""
+    if tsv:
+        return read_tsv(tsv, tsv_src_col, tsv_tgt_col), {"tsv": tsv}
+    if src and tgt:
+        return read_parallel(src, tgt), {"src": src, "tgt": tgt}
+    raise InputError("give either --tsv FILE or both --src and --tgt")
+
+
 def _zip_strict(a: Iterable[str], b: Iterable[str], a_name, b_name) -> Iterator[tuple[str, str]]:
     a_it, b_it = iter(a), iter(b)
     n = 0

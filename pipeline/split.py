@@ -21,13 +21,13 @@ from typing import Any, Iterable
 
 from pipeline.artifacts import Run, atomic_path
 from pipeline.config import SplitConfig
-from pipeline.data import normalise_space, read_parallel, read_tsv
+from pipeline.data import normalise_space, read_corpus
 from pipeline.errors import ConfigError, InputError
 from pipeline.progress import log, progress
+from pipeline.tokenize import SIDES
 
 STAGE = "split"
 SETS = ("train", "dev", "test")
-SIDES = ("src", "tgt")
 OUTPUTS = [f"{name}.{side}" for name in SETS for side in SIDES]
 
 Pair = tuple[str, str]
@@ -46,14 +46,7 @@ def split(
     config.validate()
     if not config.enabled:
         raise ConfigError("nothing to hold out: give a dev or a test size above 0 (--dev N, --test N)")
-    if tsv:
-        pairs = read_tsv(tsv, tsv_src_col, tsv_tgt_col)
-        inputs = {"tsv": tsv}
-    elif src and tgt:
-        pairs = read_parallel(src, tgt)
-        inputs = {"src": src, "tgt": tgt}
-    else:
-        raise InputError("give either --tsv FILE or both --src and --tgt")
+    pairs, inputs = read_corpus(src, tgt, tsv, tsv_src_col, tsv_tgt_col)
 
     distinct, counts = _distinct_pairs(pairs)
     held_out = config.dev + config.test

@@ -18,7 +18,7 @@ import sentencepiece as spm
 
 from pipeline.artifacts import Run, atomic_path
 from pipeline.config import TokenizeConfig, default_character_coverage
-from pipeline.data import batched, normalise_space, read_parallel, read_tsv
+from pipeline.data import batched, normalise_space, read_corpus
 from pipeline.errors import InputError, PipelineError
 from pipeline.progress import log, progress
 
@@ -44,14 +44,7 @@ def tokenize(
 ) -> dict[str, Any]:
     """Run the stage; return its report (also stored in the manifest)."""
     config.validate()
-    if tsv:
-        pairs = read_tsv(tsv, tsv_src_col, tsv_tgt_col)
-        inputs = {"tsv": tsv}
-    elif src and tgt:
-        pairs = read_parallel(src, tgt)
-        inputs = {"src": src, "tgt": tgt}
-    else:
-        raise InputError("give either --tsv FILE or both --src and --tgt")
+    pairs, inputs = read_corpus(src, tgt, tsv, tsv_src_col, tsv_tgt_col)
 
     out = run.begin(STAGE)
     langs = {"src": src_lang, "tgt": tgt_lang}
