@@ -3,6 +3,7 @@
     python benchmarks/quality.py                      # every job (many hours on 2 cores)
     python benchmarks/quality.py --only ja-en,en-ja   # some of them
     python benchmarks/quality.py --budget 40          # each training stopped after 40 minutes
+    python benchmarks/quality.py --only "ja-en, LSTM" --epochs 4   # an ablation row: 4 epochs
 
 Each job is `python cli.py pipeline` on a config (a shipped one, or the default with a few keys
 changed, for the ablations) in its own run directory under --runs, then `python cli.py evaluate`
@@ -11,9 +12,13 @@ are skipped by the pipeline's own up-to-date check, so an interrupted benchmark 
 stopped. Figures per job: BLEU (nltk and sacreBLEU, with the signature), chrF, the dev BLEU
 curve by wall time, seconds per stage, training tokens/s, decoding sentences/s. For the default
 job it also scores, on test, the best checkpoint (by dev BLEU) that training had reached after
---at-minutes, comparable with a peer trained for that long (needs every epoch's checkpoint,
-which this script asks for). Results go to --json and into BENCHMARKS.md between the
-`<!-- quality -->` markers. Progress on stderr.
+--at-minutes, comparable with a peer trained for that long, and with --at-epochs the best
+checkpoint of the first N epochs (needs every epoch's checkpoint, which this script asks for).
+`--epochs N` trains each job for N epochs without checkpoint averaging, the ablation table's
+setting: its rows compare with the default job's first N epochs (the learning rate is still at
+its initial value then, so those epochs are exactly what a run of N epochs would do).
+Results go to --json and into BENCHMARKS.md between the `<!-- quality -->` markers. Progress on
+stderr.
 """
 
 from __future__ import annotations
@@ -72,7 +77,12 @@ def to_toml(config: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def job_config(name: str, runs: Path, budget: float | None) -> dict[str, Any]:
+def label(name: str, epochs: int | None) -> str:
+    """The key of a job's results: its name, and the epoch cap when there is one."""
+    return f"{name}, {epochs} epochs" if epochs else name
+
+
+def job_config(name: str, runs: Path, budget: float | None, epochs: int | None = None) -> dict[str, Any]:
     base, overrides, _ = JOBS[name]
     with open(ROOT / base, "rb") as f:
         config = tomllib.load(f)
@@ -80,7 +90,9 @@ def job_config(name: str, runs: Path, budget: float | None) -> dict[str, Any]:
         config.setdefault(section, {}).update(values)
     if budget:
         config.setdefault("train", {})["time_budget"] = budget
-    config["run"] = str(runs / slug(name))
+    if epochs:
+        config.setdefault("train", {}).update(epochs=epochs, average_checkpoints=0)
+    config["run"] = str(runs / slug(label(name, epochs)))
     return config
 
 
@@ -103,16 +115,18 @@ def dev_curve(run: Path) -> list[dict[str, float]]:
                 for row in csv.DictReader(f)]
 
 
-def at_minutes(run: Path, config: dict[str, Any], minutes: float, beams: tuple[int, ...]) -> dict[str, Any] | None:
-    """Test BLEU of the best checkpoint (by dev BLEU) among the epochs finished within `minutes`."""
+def best_within(run: Path, config: dict[str, Any], beams: tuple[int, ...], minutes: float = 0.0,
+                epochs: int = 0) -> dict[str, Any] | None:
+    """Test BLEU of the best checkpoint (by dev BLEU) among the epochs finished within `minutes` of
+    training, or among the first `epochs`."""
     from pipeline.artifacts import Run
     from pipeline.bleu import score
     from pipeline.config import DecodeConfig
     from pipeline.data import read_parallel
     from pipeline.translate import Translator
 
-    curve = [p for p in dev_curve(run) if p["elapsed_min"] <= minutes]
-    if not curve:
+    curve = [p for p in dev_curve(run) if p["elapsed_min"] <= minutes or p["epoch"] <= epochs]
+    if not curve or (epochs and len(curve) < epochs):
         return None
     best = max(curve, key=lambda p: p["dev_bleu"])
     checkpoint = run / "train" / "checkpoints" / f"epoch-{best['epoch']:03d}.weights.h5"
@@ -122,8 +136,8 @@ def at_minutes(run: Path, config: dict[str, Any], minutes: float, beams: tuple[i
     translator = Translator.load(Run.at(run), needed_by="quality benchmark")
     translator.model.load_weights(checkpoint)
     pairs = list(read_parallel(ROOT / config["data"]["test_src"], ROOT / config["data"]["test_tgt"]))
-    result = {"minutes": minutes, "epoch": best["epoch"], "elapsed_min": best["elapsed_min"],
-              "dev_bleu": best["dev_bleu"]}
+    result = {"minutes": minutes, "epochs": epochs, "epoch": best["epoch"], "elapsed_min": best["elapsed_min"],
+              "dev_bleu": best["dev_bleu"], "curve": [p["dev_bleu"] for p in curve]}
     for beam in beams:
         decode = DecodeConfig(strategy="beam" if beam > 1 else "greedy", beam=beam)
         hyps = [h.text for h in translator.translate([s for s, _ in pairs], decode)]
@@ -133,8 +147,8 @@ def at_minutes(run: Path, config: dict[str, Any], minutes: float, beams: tuple[i
 
 
 def run_job(name: str, runs: Path, budget: float | None, minutes: float, previous: dict[str, Any],
-            collect: bool = False) -> dict[str, Any]:
-    config = job_config(name, runs, budget)
+            collect: bool = False, epochs: int | None = None, at_epochs: int = 0) -> dict[str, Any]:
+    config = job_config(name, runs, budget, epochs)
     run = Path(config["run"])
     if not run.is_absolute():
         run = ROOT / run
@@ -154,7 +168,7 @@ def run_job(name: str, runs: Path, budget: float | None, minutes: float, previou
     train_report = json.loads((run / "train" / "manifest.json").read_text())["report"]
     result: dict[str, Any] = {
         "config": str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
-        "base": JOBS[name][0], "overrides": JOBS[name][1], "budget_min": budget,
+        "base": JOBS[name][0], "overrides": JOBS[name][1], "budget_min": budget, "epochs_cap": epochs,
         "stage_seconds": seconds, "train": train_report, "dev_curve": dev_curve(run), "test": {},
     }
     data, tokenize = config["data"], config["evaluate"]["tokenize"]
@@ -167,17 +181,22 @@ def run_job(name: str, runs: Path, budget: float | None, minutes: float, previou
                      "--json", *search)
         result["test"][f"beam{beam}"] = {k: report[k] for k in ("bleu", "sacrebleu", "signature", "chrf",
                                                                  "decode_s", "sentences_per_s")}
-    if name == "ja-en" and minutes:
-        result["at_minutes"] = at_minutes(run, config, minutes, (1, 5))
+    if name == "ja-en" and not epochs:
+        if minutes:
+            result["at_minutes"] = best_within(run, config, (1, 5), minutes=minutes)
+        if at_epochs:
+            result["at_epochs"] = best_within(run, config, (1, 5, 10), epochs=at_epochs)
     result["date"] = time.strftime("%Y-%m-%d")
     return result
 
 
 def markdown(results: dict[str, Any]) -> str:
+    full = {n: r for n, r in results.items() if not r.get("epochs_cap")}
+    capped = {n: r for n, r in results.items() if r.get("epochs_cap")}
     rows = ["| job | test BLEU greedy | beam 5 | beam 10 | chrF (beam 5) | best dev BLEU (epoch) | epochs | "
             "train min | median tok/s | greedy / beam-5 sent/s |",
             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
+    for name, r in full.items():
         test, train = r["test"], r["train"]
         b10 = test.get("beam10", {}).get("sacrebleu", "")
         avg = " (averaged)" if (train.get("average") or {}).get("kept") else ""
@@ -192,7 +211,7 @@ def markdown(results: dict[str, Any]) -> str:
     for sig in sorted({t["signature"] for r in results.values() for t in r["test"].values()}):
         out.append(f"- `{sig}`")
     out += ["", *rows]
-    for name, r in results.items():
+    for name, r in full.items():
         if r.get("at_minutes"):
             a = r["at_minutes"]
             out += ["", f"{name} after {a['minutes']:.0f} minutes of training: the best checkpoint by then (epoch "
@@ -200,7 +219,30 @@ def markdown(results: dict[str, Any]) -> str:
                         f"{a['beam1']['sacrebleu']} greedy, {a['beam5']['sacrebleu']} beam 5 on test."]
         curve = ", ".join(f"{p['dev_bleu']} ({p['elapsed_min']:.0f}′)" for p in r["dev_curve"])
         out += ["", f"{name}, dev BLEU (greedy) by epoch (minutes since training began): {curve}"]
+    for epochs in sorted({r["epochs_cap"] for r in capped.values()}):
+        out += ["", *ablation_table(epochs, full.get("ja-en", {}).get("at_epochs"),
+                                    {n: r for n, r in capped.items() if r["epochs_cap"] == epochs})]
     return "\n".join(out) + "\n"
+
+
+def ablation_table(epochs: int, default: dict[str, Any] | None, rows: dict[str, Any]) -> list[str]:
+    """One row per job trained for `epochs` epochs, under the default's own first `epochs` epochs."""
+    out = [f"Ablations, each trained for {epochs} epochs (no checkpoint averaging; test BLEU of the best "
+           "epoch by dev BLEU):", "",
+           "| setting | test BLEU greedy | beam 5 | beam 10 | dev BLEU (epoch) | dev BLEU by epoch |",
+           "|---|---|---|---|---|---|"]
+    if default and default.get("epochs") == epochs:
+        out.append(f"| default (ja-en: word2vec embeddings, GRU, 1 encoder layer, label smoothing 0.1) | "
+                   f"{default['beam1']['sacrebleu']} | {default['beam5']['sacrebleu']} | "
+                   f"{default['beam10']['sacrebleu']} | {default['dev_bleu']} ({default['epoch']}) | "
+                   f"{', '.join(str(p) for p in default.get('curve', []))} |")
+    for name, r in rows.items():
+        test, train = r["test"], r["train"]
+        curve = ", ".join(str(p["dev_bleu"]) for p in r["dev_curve"])
+        out.append(f"| {name.removesuffix(f', {epochs} epochs')} | {test['beam1']['sacrebleu']} | "
+                   f"{test['beam5']['sacrebleu']} | {test.get('beam10', {}).get('sacrebleu', '')} | "
+                   f"{train['best_dev_bleu']:.2f} ({train['best_epoch']}) | {curve} |")
+    return out
 
 
 def update_benchmarks_md(path: Path, section: str) -> None:
@@ -220,6 +262,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=None, help="Stop each training after this many minutes.")
     parser.add_argument("--at-minutes", type=float, default=40.0,
                         help="Also score the default job's best checkpoint within this much training (0: off).")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="Train each job for this many epochs, without averaging (the ablation setting).")
+    parser.add_argument("--at-epochs", type=int, default=0,
+                        help="Also score the default job's best checkpoint of its first N epochs (0: off).")
     parser.add_argument("--collect", action="store_true",
                         help="Do not train: evaluate and tabulate the run directories as they stand.")
     parser.add_argument("--stage-seconds", type=json.loads, default=None,
@@ -235,19 +281,24 @@ def main() -> None:
         raise SystemExit(f"error: unknown job {unknown[0]!r}; jobs: {', '.join(JOBS)}")
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in names:
-        previous = results.get(name, {})
+        key = label(name, args.epochs)
+        previous = results.get(key, {})
         if args.stage_seconds:
             previous = {**previous, "stage_seconds": args.stage_seconds}
-        results[name] = run_job(name, args.runs.resolve(), args.budget, args.at_minutes, previous, args.collect)
+        results[key] = run_job(name, args.runs.resolve(), args.budget, args.at_minutes, previous, args.collect,
+                               args.epochs, args.at_epochs)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")  # after each job
-    section = markdown({n: results[n] for n in JOBS if n in results})
+    order = [label(n, e) for e in (None, *sorted({r.get("epochs_cap") or 0 for r in results.values()} - {0}))
+             for n in JOBS]
+    section = markdown({n: results[n] for n in order if n in results})
     if str(args.markdown) == "-":
         sys.stdout.write(section)
     else:
         update_benchmarks_md(args.markdown, section)
         log(f"wrote {args.json} and the quality section of {args.markdown}")
-    print(json.dumps({n: {b: t["sacrebleu"] for b, t in results[n]["test"].items()} for n in names}, indent=2))
+    print(json.dumps({label(n, args.epochs): {b: t["sacrebleu"] for b, t in results[label(n, args.epochs)]["test"].items()}
+                      for n in names}, indent=2))
 
 
 if __name__ == "__main__":

@@ -39,3 +39,35 @@ def test_markdown_table_and_section_update(tmp_path):
     quality.update_benchmarks_md(path, section.replace("31.0", "32.0"))  # replaced, not appended
     text = path.read_text()
     assert text.startswith("# Benchmarks\n\nintro\n") and text.count(quality.BEGIN) == 1 and "32.0" in text
+
+
+def test_epoch_cap_is_an_ablation_run_of_its_own(tmp_path):
+    config = quality.job_config("ja-en, LSTM", tmp_path, None, epochs=4)
+    pipeline = from_dict(PipelineConfig, tomllib.loads(quality.to_toml(config)))
+    assert pipeline.train.epochs == 4 and pipeline.train.average_checkpoints == 0
+    assert pipeline.run != quality.job_config("ja-en, LSTM", tmp_path, None)["run"]  # never resumes the full run
+    assert quality.label("ja-en, LSTM", 4) == "ja-en, LSTM, 4 epochs" and quality.label("ja-en", None) == "ja-en"
+
+
+def test_ablation_table_puts_the_default_first_epochs_above_the_rows():
+    test = {f"beam{b}": {"bleu": 20.0 + b, "sacrebleu": 20.0 + b, "signature": "nrefs:1|tok:none", "chrf": 50.0,
+                         "decode_s": 1.0, "sentences_per_s": 500.0} for b in (1, 5)}
+    default = {"epochs": 2, "epoch": 2, "dev_bleu": 21.6, "curve": [16.1, 21.6],
+               **{f"beam{b}": {"bleu": 25.0 + b, "sacrebleu": 25.0 + b} for b in (1, 5, 10)}}
+    results = {
+        "ja-en": {"test": test, "stage_seconds": {}, "at_epochs": default,
+                  "train": {"best_dev_bleu": 39.0, "best_epoch": 19, "epochs_run": 20, "wall_s": 60.0,
+                            "median_train_tok_per_s": 3000.0}, "dev_curve": []},
+        "ja-en, LSTM, 2 epochs": {"test": test, "stage_seconds": {}, "epochs_cap": 2,
+                                  "train": {"best_dev_bleu": 12.5, "best_epoch": 2, "epochs_run": 2, "wall_s": 6.0,
+                                            "median_train_tok_per_s": 2000.0},
+                                  "dev_curve": [{"epoch": 1, "elapsed_min": 1.0, "dev_bleu": 3.0, "tok_per_s": 1},
+                                                {"epoch": 2, "elapsed_min": 2.0, "dev_bleu": 12.5, "tok_per_s": 1}]},
+    }
+    section = quality.markdown(results)
+    assert "Ablations, each trained for 2 epochs" in section
+    lines = section.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| default (ja-en"))
+    assert lines[first].endswith("| 26.0 | 30.0 | 35.0 | 21.6 (2) | 16.1, 21.6 |")
+    assert lines[first + 1] == "| ja-en, LSTM | 21.0 | 25.0 |  | 12.50 (2) | 3.0, 12.5 |"
+    assert "| ja-en, LSTM, 2 epochs |" not in section  # not in the table of full runs
