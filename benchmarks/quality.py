@@ -82,6 +82,21 @@ def label(name: str, epochs: int | None) -> str:
     return f"{name}, {epochs} epochs" if epochs else name
 
 
+def job_names(only: str) -> list[str]:
+    """The jobs of a comma-separated list; names hold commas too ("ja-en, LSTM"), so at each place
+    the longest run of pieces that spells a job is taken."""
+    pieces, names, i = only.split(","), [], 0
+    while i < len(pieces):
+        for j in range(len(pieces), i, -1):
+            if (name := ",".join(pieces[i:j]).strip()) in JOBS:
+                names.append(name)
+                i = j
+                break
+        else:
+            raise SystemExit(f"error: unknown job {pieces[i].strip()!r}; jobs: {'; '.join(JOBS)}")
+    return names
+
+
 def job_config(name: str, runs: Path, budget: float | None, epochs: int | None = None) -> dict[str, Any]:
     base, overrides, _ = JOBS[name]
     with open(ROOT / base, "rb") as f:
@@ -257,7 +272,7 @@ def update_benchmarks_md(path: Path, section: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", help=f"Comma-separated jobs; default all: {', '.join(JOBS)}.")
+    parser.add_argument("--only", help=f"Comma-separated jobs; default all: {'; '.join(JOBS)}.")
     parser.add_argument("--runs", type=Path, default=ROOT / "saved_models" / "quality", help="Where run dirs go.")
     parser.add_argument("--budget", type=float, default=None, help="Stop each training after this many minutes.")
     parser.add_argument("--at-minutes", type=float, default=40.0,
@@ -275,10 +290,7 @@ def main() -> None:
                         help="File whose quality section is rewritten ('-': print it instead).")
     args = parser.parse_args()
 
-    names = [n.strip() for n in args.only.split(",")] if args.only else list(JOBS)
-    unknown = [n for n in names if n not in JOBS]
-    if unknown:
-        raise SystemExit(f"error: unknown job {unknown[0]!r}; jobs: {', '.join(JOBS)}")
+    names = job_names(args.only) if args.only else list(JOBS)
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in names:
         key = label(name, args.epochs)

@@ -71,3 +71,14 @@ def test_ablation_table_puts_the_default_first_epochs_above_the_rows():
     assert lines[first].endswith("| 26.0 | 30.0 | 35.0 | 21.6 (2) | 16.1, 21.6 |")
     assert lines[first + 1] == "| ja-en, LSTM | 21.0 | 25.0 |  | 12.50 (2) | 3.0, 12.5 |"
     assert "| ja-en, LSTM, 2 epochs |" not in section  # not in the table of full runs
+
+
+def test_job_list_with_commas_inside_names():
+    assert quality.job_names("en-ja,ja-en, LSTM, ja-en, 2 encoder layers") == [
+        "en-ja", "ja-en, LSTM", "ja-en, 2 encoder layers"]
+    try:
+        quality.job_names("ja-en, GRU")
+    except SystemExit as e:
+        assert "unknown job ' GRU'" not in str(e) and "unknown job 'GRU'" in str(e)
+    else:
+        raise AssertionError("an unknown job must stop the benchmark")
