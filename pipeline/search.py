@@ -115,8 +115,15 @@ class Searcher:
         Keeps k alive and k finished hypotheses per sentence, as fairseq does: each step takes
         the 2k best extensions of the alive ones; those among the top k that end in </s> join
         the finished set (ranked by normalised score), and the k best that do not stay alive.
-        It stops when no alive hypothesis can still beat the worst finished one. With k = 1
-        and no length penalty this is greedy search.
+
+        A sentence is done once it has k finished hypotheses and the best alive one, were it to
+        end now, would not beat the worst of them (the stopping rule of Hugging Face's beam
+        search; with alpha = 0 it is exact, since log-probabilities only fall as a hypothesis
+        grows). Waiting until no alive hypothesis could win at the sentence's length limit, the
+        exact rule for alpha > 0, runs most sentences to their limit, about three times the steps,
+        for no BLEU on this project's benchmark. A done sentence's finished set is frozen, so its
+        result does not depend on the other sentences of its batch. With k = 1 and no length
+        penalty this is greedy search.
         """
         model = self.model
         encoded, state = model.encode(src)
@@ -138,10 +145,10 @@ class Searcher:
         fin_score = tf.fill([batch, k], NEG_INF)
         fin_lp = tf.fill([batch, k], NEG_INF)
         tokens = tf.fill([batch * k], BOS)
-        lp_max = tf.pow(tf.cast(limits, tf.float32), alpha)  # (batch,) largest length penalty
+        done = tf.zeros([batch], tf.bool)
 
         t = tf.constant(0)
-        while t < max_len and tf.reduce_any(alive_lp[:, 0] / lp_max > fin_score[:, -1]):
+        while t < max_len and not tf.reduce_all(done):
             log_probs, state, weights = model.decode_step(encoded, state, tokens)
             log_probs = _constrain(log_probs, t, limits_k)
             vocab = tf.shape(log_probs)[1]
@@ -163,7 +170,8 @@ class Searcher:
 
             # finished: merge the new </s> candidates, keep the k best by normalised score
             length = tf.cast(t + 1, tf.float32)
-            new_fin = tf.where(is_eos & valid & in_beam, top_lp / tf.pow(length, alpha), NEG_INF)
+            joins = is_eos & valid & in_beam & ~done[:, tf.newaxis]
+            new_fin = tf.where(joins, top_lp / tf.pow(length, alpha), NEG_INF)
             all_score = tf.concat([fin_score, new_fin], 1)
             fin_score, pick = tf.math.top_k(all_score, k)
             fin_lp = tf.gather(tf.concat([fin_lp, top_lp], 1), pick, batch_dims=1)
@@ -181,5 +189,7 @@ class Searcher:
             flat_parent = tf.reshape(parent + tf.range(batch)[:, tf.newaxis] * k, [-1])
             state = tf.nest.map_structure(lambda s: tf.ensure_shape(tf.gather(s, flat_parent), s.shape), state)
             tokens = tf.ensure_shape(tf.reshape(tf.gather(token, pick, batch_dims=1), [-1]), tokens.shape)
+            no_alive = alive_lp[:, 0] < NEG_INF / 2  # every hypothesis ended (at the limit at the latest)
+            done = done | no_alive | (fin_score[:, -1] >= alive_lp[:, 0] / tf.pow(length, alpha))
             t += 1
         return SearchResult(fin_seq[:, :, :t], fin_score, fin_lp, fin_att[:, :, :t] if attention else fin_att)

@@ -136,3 +136,25 @@ def test_seeded_untrained_model_gives_fixed_output(searcher):
 
 
 GOLDEN = [[5, 3, 0, 0, 0, 0, 0, 0], [5, 14, 13, 17, 13, 17, 13, 3]]
+
+
+def test_beam_stops_each_sentence_when_no_alive_hypothesis_beats_the_finished_ones():
+    """Sentences that are done at different steps (two early, four at their limit): a done
+    sentence's n-best must not change while the rest of its batch goes on, and a batch whose
+    sentences are all done stops before its limits."""
+    keras.utils.set_random_seed(8)
+    model = build_model(ModelConfig(embed_dim=16, units=16, attention_units=16, dropout=0.0), 30, 20)
+    searcher = Searcher(model)
+    src, _ = _sources(6, seed=8)
+    limits = np.full(6, 40, np.int32)
+    together = searcher.beam(src, limits, beam=3, length_penalty=1.0, n_best=3)
+    lengths = [int((_ids(together)[i, 0] != PAD).sum()) for i in range(6)]
+    assert min(lengths) < 10 and max(lengths) == 40  # what this test is about
+    for i in range(len(src)):
+        alone = searcher.beam(src[i:i + 1], limits[i:i + 1], beam=3, length_penalty=1.0, n_best=3)
+        np.testing.assert_allclose(np.asarray(alone.scores)[0], np.asarray(together.scores)[i], atol=1e-5)
+        n = _ids(alone).shape[-1]
+        np.testing.assert_array_equal(_ids(together)[i, :, :n], _ids(alone)[0])
+        assert (_ids(together)[i, :, n:] == PAD).all()
+    early = [i for i in range(6) if lengths[i] < 10]
+    assert _ids(searcher.beam(src[early], limits[early], beam=3, length_penalty=1.0)).shape[-1] < 40
