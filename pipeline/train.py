@@ -8,6 +8,7 @@ stops improving; a CSV history. `BackupAndRestore` makes an interrupted run resu
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import sys
@@ -30,7 +31,7 @@ from pipeline.progress import log
 from pipeline.tokenize import BOS, EOS, PAD, SIDES, load_encoded, load_tokenizers
 
 STAGE = "train"
-BUCKETS = [6, 8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40, 48, 64, 80, 100]
+POOL = 100  # batches' worth of pairs sorted by length together (see make_dataset)
 DEV_HOLDOUT = 500  # pairs held out of the training data when no dev set is given
 
 
@@ -59,37 +60,51 @@ def compile_for_training(model: Seq2Seq, config: TrainConfig) -> None:
 
 
 def make_dataset(src: list, tgt: list, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Batches of ((src, tgt_in), tgt_out), grouped by length so padding stays small.
+    """Batches of ((src, tgt_in), tgt_out) with little padding, in a new order every epoch.
 
-    src gets </s> appended; tgt_in = <s> y, tgt_out = y </s>.
+    src gets </s> appended; tgt_in = <s> y, tgt_out = y </s>. Each pass draws a permutation
+    (seeded by `seed` and the pass number), sorts each pool of POOL batches' worth of pairs by
+    target then source length, cuts the pools into batches and shuffles the batches: nearly
+    every target row of a batch has the batch's length, so the decoder and the softmax, most of
+    the work, run on few padded positions. Without `shuffle`, one fixed order.
     """
-    n = len(src)
-    lengths = {"src": [len(x) + 1 for x in src], "tgt": [len(y) + 1 for y in tgt]}
-    flat = {
-        "src": tf.constant(np.concatenate([np.append(x, EOS) for x in src]).astype(np.int32)),
-        "tgt": tf.constant(np.concatenate([np.concatenate([[BOS], y, [EOS]]) for y in tgt]).astype(np.int32)),
-    }
-    src_start = tf.constant(np.concatenate([[0], np.cumsum(lengths["src"])[:-1]]), tf.int64)
-    # each target row is stored as <s> y </s>: tgt_in drops the last piece, tgt_out the first
-    tgt_start = tf.constant(np.concatenate([[0], np.cumsum(np.add(lengths["tgt"], 1))[:-1]]), tf.int64)
-    src_len = tf.constant(lengths["src"], tf.int64)
-    tgt_len = tf.constant(lengths["tgt"], tf.int64)
+    src_rows = [np.append(x, EOS).astype(np.int32) for x in src]
+    tgt_in_rows = [np.concatenate([[BOS], y]).astype(np.int32) for y in tgt]
+    tgt_out_rows = [np.concatenate([y, [EOS]]).astype(np.int32) for y in tgt]
+    src_len = np.array([len(x) for x in src_rows])
+    tgt_len = np.array([len(y) for y in tgt_out_rows])
+    passes = itertools.count()
 
-    def row(i):
-        s = flat["src"][src_start[i]:src_start[i] + src_len[i]]
-        t = flat["tgt"][tgt_start[i]:tgt_start[i] + tgt_len[i] + 1]
-        return s, t[:-1], t[1:]
+    def batches():
+        rng = np.random.default_rng([seed, next(passes)]) if shuffle else None
+        for rows in batch_order(src_len, tgt_len, batch_size, rng):
+            yield ((pad_rows([src_rows[i] for i in rows]), pad_rows([tgt_in_rows[i] for i in rows])),
+                   pad_rows([tgt_out_rows[i] for i in rows]))
 
-    ds = tf.data.Dataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.bucket_by_sequence_length(
-        element_length_func=lambda s, ti, to: tf.maximum(tf.shape(s)[0], tf.shape(to)[0]),
-        bucket_boundaries=BUCKETS,
-        bucket_batch_sizes=[batch_size] * (len(BUCKETS) + 1),
-    )
-    return ds.map(lambda s, ti, to: ((s, ti), to)).prefetch(tf.data.AUTOTUNE)
+    ids = tf.TensorSpec([None, None], tf.int32)
+    return tf.data.Dataset.from_generator(batches, output_signature=((ids, ids), ids)).prefetch(2)
+
+
+def batch_order(src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
+                rng: np.random.Generator | None) -> list[np.ndarray]:
+    """The pair indices of each batch (see `make_dataset`); every pair once."""
+    order = rng.permutation(len(src_len)) if rng is not None else np.arange(len(src_len))
+    pool = POOL * batch_size
+    out = []
+    for start in range(0, len(order), pool):
+        chunk = order[start:start + pool]
+        chunk = chunk[np.lexsort((src_len[chunk], tgt_len[chunk]))]  # by target length, then source
+        out += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if rng is not None:
+        out = [out[i] for i in rng.permutation(len(out))]
+    return out
+
+
+def pad_rows(rows: list[np.ndarray]) -> np.ndarray:
+    out = np.full((len(rows), max(len(r) for r in rows)), PAD, dtype=np.int32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
 
 
 class DevBleu(keras.callbacks.Callback):

@@ -14,7 +14,7 @@ from pipeline.config import ModelConfig, TokenizeConfig, TrainConfig
 from pipeline.errors import StageError
 from pipeline.model import build_model
 from pipeline.tokenize import BOS, EOS, PAD, tokenize
-from pipeline.train import compile_for_training, filter_length, make_dataset, masked_loss, train
+from pipeline.train import batch_order, compile_for_training, filter_length, make_dataset, masked_loss, train
 from tests.conftest import TINY_MODEL, toy_pairs, write_corpus
 
 
@@ -64,6 +64,25 @@ def test_batches_are_bucketed_and_shifted_for_teacher_forcing():
         16 * (max(len(x) for x in src[i:i + 16]) + max(len(y) for y in tgt[i:i + 16]) + 2)
         for i in range(0, 288, 16)) 
     assert real / padded > unbucketed + 0.15
+
+
+def test_each_pass_takes_every_pair_once_in_a_new_order_with_targets_of_one_length_per_batch():
+    rng = np.random.default_rng(0)
+    tgt_len = rng.integers(1, 40, 5000)
+    src_len = tgt_len + rng.integers(0, 5, 5000)
+    first = batch_order(src_len, tgt_len, 64, np.random.default_rng([1, 0]))
+    again = batch_order(src_len, tgt_len, 64, np.random.default_rng([1, 0]))
+    second = batch_order(src_len, tgt_len, 64, np.random.default_rng([1, 1]))
+    for order in (first, second):
+        assert sorted(np.concatenate(order).tolist()) == list(range(5000))
+        assert all(len(b) <= 64 for b in order)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # seeded
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second))  # reshuffled per pass
+    real = sum(tgt_len[b].sum() for b in first)
+    slots = sum(len(b) * tgt_len[b].max() for b in first)
+    assert real / slots > 0.95  # target rows padded very little
+    fixed = batch_order(src_len, tgt_len, 64, None)
+    assert all(np.array_equal(a, b) for a, b in zip(fixed, batch_order(src_len, tgt_len, 64, None)))
 
 
 def test_the_training_step_is_compiled_with_the_configs_optimizer_and_the_masked_loss():
