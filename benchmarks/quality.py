@@ -172,6 +172,8 @@ def run_job(name: str, runs: Path, budget: float | None, minutes: float, previou
     config_path.write_text(to_toml(config), encoding="utf-8")
     seconds = dict(previous.get("stage_seconds", {}))
     if collect:  # figures of the run as it stands, trained earlier
+        if not (run / "train" / "manifest.json").is_file():
+            raise SystemExit(f"error: {run} has no finished training to collect; run the job first")
         log(f"{name}: collecting {run} as it stands")
         summary = {"stages": {}}
     else:

@@ -44,7 +44,7 @@ def run_pipeline(config: PipelineConfig, force: bool = False) -> dict[str, Any]:
     tok_inputs = {"tsv": data.tsv} if data.tsv else {"src": data.src, "tgt": data.tgt}
     dev_inputs = {"dev_src": data.dev_src, "dev_tgt": data.dev_tgt} if data.dev_src else {}
     stages += [
-        ("tokenize", asdict(config.tokenize), tok_inputs,
+        ("tokenize", {**asdict(config.tokenize), **_tsv_columns(data)}, tok_inputs,
          lambda: tokenize(run, config.tokenize, src=data.src, tgt=data.tgt, tsv=data.tsv,
                           tsv_src_col=data.tsv_src_col, tsv_tgt_col=data.tsv_tgt_col,
                           src_lang=src_lang, tgt_lang=tgt_lang)),
@@ -89,6 +89,11 @@ def _split_data(run: Run, config: PipelineConfig) -> DataConfig:
     if config.split.test:
         data = replace(data, test_src=path("test.src"), test_tgt=path("test.tgt"))
     return data
+
+
+def _tsv_columns(data) -> dict:
+    """Which TSV columns tokenize reads: part of its settings when it reads a TSV file."""
+    return {"tsv_src_col": data.tsv_src_col, "tsv_tgt_col": data.tsv_tgt_col} if data.tsv else {}
 
 
 def _up_to_date(run: Run, stage: str, settings: dict, inputs: dict, upstream_finished: float) -> bool:

@@ -8,6 +8,7 @@ stops improving; a CSV history. `BackupAndRestore` makes an interrupted run resu
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import shutil
@@ -59,21 +60,23 @@ def compile_for_training(model: Seq2Seq, config: TrainConfig) -> None:
     )
 
 
-def make_dataset(src: list, tgt: list, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+def make_dataset(src: list, tgt: list, batch_size: int, shuffle: bool, seed: int,
+                 first_pass: int = 0) -> tf.data.Dataset:
     """Batches of ((src, tgt_in), tgt_out) with little padding, in a new order every epoch.
 
     src gets </s> appended; tgt_in = <s> y, tgt_out = y </s>. Each pass draws a permutation
     (seeded by `seed` and the pass number), sorts each pool of POOL batches' worth of pairs by
     target then source length, cuts the pools into batches and shuffles the batches: nearly
     every target row of a batch has the batch's length, so the decoder and the softmax, most of
-    the work, run on few padded positions. Without `shuffle`, one fixed order.
+    the work, run on few padded positions. Without `shuffle`, one fixed order. A resumed training
+    starts at `first_pass`, so epoch n sees the same batches as in an uninterrupted run.
     """
     src_rows = [np.append(x, EOS).astype(np.int32) for x in src]
     tgt_in_rows = [np.concatenate([[BOS], y]).astype(np.int32) for y in tgt]
     tgt_out_rows = [np.concatenate([y, [EOS]]).astype(np.int32) for y in tgt]
     src_len = np.array([len(x) for x in src_rows])
     tgt_len = np.array([len(y) for y in tgt_out_rows])
-    passes = itertools.count()
+    passes = itertools.count(first_pass)
 
     def batches():
         rng = np.random.default_rng([seed, next(passes)]) if shuffle else None
@@ -141,12 +144,12 @@ class Throughput(keras.callbacks.Callback):
     """Target tokens per second of training proper (validation excluded), as `train_tok_per_s`,
     and the wall time since training began (validation included), as `elapsed_s`."""
 
-    def __init__(self, tokens_per_epoch: int):
+    def __init__(self, tokens_per_epoch: int, elapsed_before: float = 0.0):
         super().__init__()
-        self.tokens = tokens_per_epoch
+        self.tokens, self.elapsed_before = tokens_per_epoch, elapsed_before
 
     def on_train_begin(self, logs=None):
-        self.began = time.perf_counter()
+        self.began = time.perf_counter() - self.elapsed_before
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start, self.train_s = time.perf_counter(), None
@@ -163,14 +166,15 @@ class Throughput(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops training once `minutes` of wall time have passed; the cut epoch is still validated."""
+    """Stops training once `minutes` of wall time have passed (`elapsed_before` of them before a
+    resume); the cut epoch is still validated."""
 
-    def __init__(self, minutes: float):
+    def __init__(self, minutes: float, elapsed_before: float = 0.0):
         super().__init__()
-        self.seconds = minutes * 60
+        self.seconds, self.elapsed_before = minutes * 60, elapsed_before
 
     def on_train_begin(self, logs=None):
-        self.began = time.perf_counter()
+        self.began = time.perf_counter() - self.elapsed_before
 
     def on_train_batch_end(self, batch, logs=None):
         if time.perf_counter() - self.began >= self.seconds:
@@ -277,7 +281,9 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
     if config.freeze_embeddings:
         model.src_embedding.trainable = model.tgt_embedding.trainable = False
     compile_for_training(model, config)
-    train_ds = make_dataset(src, tgt, config.batch_size, shuffle=True, seed=config.seed)
+    done = _history(out / "history.csv") if resume else []  # the epochs before an interruption
+    elapsed_before = float(done[-1]["elapsed_s"]) if done else 0.0
+    train_ds = make_dataset(src, tgt, config.batch_size, shuffle=True, seed=config.seed, first_pass=len(done))
     dev_ds = make_dataset(dev_ids["src"], dev_ids["tgt"], config.batch_size, shuffle=False, seed=0)
 
     from pipeline.translate import Translator  # translate imports this module's load_best_model
@@ -287,7 +293,7 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
     tokens_per_epoch = int(sum(len(t) + 1 for t in tgt))
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup)),
-        Throughput(tokens_per_epoch),
+        Throughput(tokens_per_epoch, elapsed_before),
         DevBleu(translator, dev_raw_src, dev_raw_tgt, dev_decode, bleu_tokenize, out / "model.keras", state_path),
         keras.callbacks.ReduceLROnPlateau(monitor="val_bleu", mode="max", factor=config.lr_decay, patience=1,
                                           min_delta=0.1, min_lr=config.learning_rate / 64, verbose=0),
@@ -298,7 +304,7 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
         BatchProgress(config.epochs),
     ]
     if config.time_budget:
-        callbacks.append(TimeBudget(config.time_budget))
+        callbacks.append(TimeBudget(config.time_budget, elapsed_before))
     log.info("training on %d pairs (%d target tokens an epoch), dev %d pairs, %d parameters",
              len(src), tokens_per_epoch, len(dev_raw_src), model.count_params())
     start = time.perf_counter()
@@ -337,6 +343,13 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
                ["model.keras", "history.csv"],
                extra={"tokenizer": tokenizer_hashes, "report": report})
     return report
+
+
+def _history(path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def filter_length(src: list, tgt: list, max_len: int) -> tuple[list, list]:

@@ -97,3 +97,12 @@ def test_bad_values_are_refused_with_the_valid_options(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load_pipeline_config(path)
     assert message in str(error.value)
+
+
+def test_tokenize_settings_name_the_tsv_columns_it_reads():
+    from pipeline.config import DataConfig
+    from pipeline.runner import _tsv_columns
+
+    assert _tsv_columns(DataConfig(tsv="pairs.tsv", tsv_src_col=0, tsv_tgt_col=2)) == {"tsv_src_col": 0,
+                                                                                     "tsv_tgt_col": 2}
+    assert _tsv_columns(DataConfig(src="a.ja", tgt="a.en")) == {}  # parallel files: no columns to record

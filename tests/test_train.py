@@ -85,6 +85,16 @@ def test_each_pass_takes_every_pair_once_in_a_new_order_with_targets_of_one_leng
     assert all(np.array_equal(a, b) for a, b in zip(fixed, batch_order(src_len, tgt_len, 64, None)))
 
 
+def test_a_resumed_training_sees_the_batches_of_its_epoch():
+    rng = np.random.default_rng(2)
+    src = [rng.integers(4, 50, n).astype(np.int32) for n in rng.integers(1, 12, 200)]
+    tgt = [rng.integers(4, 50, n).astype(np.int32) for n in rng.integers(1, 12, 200)]
+    two_passes = [y for _, y in make_dataset(src, tgt, 16, True, 5).repeat(2).as_numpy_iterator()]
+    second = [y for _, y in make_dataset(src, tgt, 16, True, 5, first_pass=1).as_numpy_iterator()]
+    assert len(two_passes) == 2 * len(second)
+    assert all(np.array_equal(a, b) for a, b in zip(two_passes[len(second):], second, strict=True))
+
+
 def test_the_training_step_is_compiled_with_the_configs_optimizer_and_the_masked_loss():
     model = build_model(ModelConfig(**TINY_MODEL), 20, 20)
     compile_for_training(model, TrainConfig(learning_rate=3e-3, clip_norm=0.5, label_smoothing=0.0))
@@ -147,9 +157,11 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, toy_corpus, monke
     report = train(run, ModelConfig(**TINY_MODEL), config, resume=True, **dev)
     assert run.has("train")
     with open(run.path("train", "history.csv")) as f:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    assert epochs == [0, 1, 2]
+        rows = list(csv.DictReader(f))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
     assert report["epochs_run"] == 1  # only the third epoch ran after resuming
+    elapsed = [float(row["elapsed_s"]) for row in rows]
+    assert elapsed[2] > elapsed[1] > elapsed[0]  # the clock goes on from before the interruption
 
 
 def test_resume_without_an_interrupted_run_is_an_error(tmp_path, toy_corpus):
