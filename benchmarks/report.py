@@ -91,7 +91,8 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row(f"decoding, {name.replace('beam', 'beam ')}", decode[name]["sent_per_s"], "sent/s",
                              value, label, ratio_goal=goal))
         mismatches = sum(n for name in ("greedy", beam) for n in decode[name]["mismatches"].values())
-        rows.append(_row("decoding, outputs differing by batch size (1, 16, 64)", mismatches, "sentences",
+        rows.append(_row(f"decoding, outputs differing by batch size (1, 16, {decode[beam].get('batch_size', 64)})",
+                         mismatches, "sentences",
                          None, None, equal=0))
     w2v = results.get("w2v") or {}
     if "project" in w2v:

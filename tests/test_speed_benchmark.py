@@ -62,7 +62,7 @@ def test_quick_mode_measures_every_figure(toy_data, tiny_run, tmp_path):
 
     names = [f["figure"] for f in results["figures"]]
     assert names == ["training throughput", "training peak RSS", "decoding, greedy", "decoding, beam 5",
-                     "decoding, outputs differing by batch size (1, 16, 64)", "word2vec, both sides"]
+                     "decoding, outputs differing by batch size (1, 16, 128)", "word2vec, both sides"]
     assert "training throughput" in proc.stdout and "QUICK MODE" in proc.stdout
 
 
