@@ -30,6 +30,7 @@ from pipeline.errors import InputError, StageError
 from pipeline.model import Seq2Seq, build_model
 from pipeline.progress import log
 from pipeline.tokenize import BOS, EOS, PAD, SIDES, load_encoded, load_tokenizers
+from pipeline.translate import pad
 
 STAGE = "train"
 POOL = 100  # batches' worth of pairs sorted by length together (see make_dataset)
@@ -81,8 +82,8 @@ def make_dataset(src: list, tgt: list, batch_size: int, shuffle: bool, seed: int
     def batches():
         rng = np.random.default_rng([seed, next(passes)]) if shuffle else None
         for rows in batch_order(src_len, tgt_len, batch_size, rng):
-            yield ((pad_rows([src_rows[i] for i in rows]), pad_rows([tgt_in_rows[i] for i in rows])),
-                   pad_rows([tgt_out_rows[i] for i in rows]))
+            yield ((pad([src_rows[i] for i in rows]), pad([tgt_in_rows[i] for i in rows])),
+                   pad([tgt_out_rows[i] for i in rows]))
 
     ids = tf.TensorSpec([None, None], tf.int32)
     return tf.data.Dataset.from_generator(batches, output_signature=((ids, ids), ids)).prefetch(2)
@@ -100,13 +101,6 @@ def batch_order(src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
         out += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     if rng is not None:
         out = [out[i] for i in rng.permutation(len(out))]
-    return out
-
-
-def pad_rows(rows: list[np.ndarray]) -> np.ndarray:
-    out = np.full((len(rows), max(len(r) for r in rows)), PAD, dtype=np.int32)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
     return out
 
 
