@@ -15,8 +15,9 @@ job it also scores, on test, the best checkpoint (by dev BLEU) that training had
 --at-minutes, comparable with a peer trained for that long, and with --at-epochs the best
 checkpoint of the first N epochs (needs every epoch's checkpoint, which this script asks for).
 `--epochs N` trains each job for N epochs without checkpoint averaging, the ablation table's
-setting: its rows compare with the default job's first N epochs (the learning rate is still at
-its initial value then, so those epochs are exactly what a run of N epochs would do).
+setting: its rows compare with the default job's first N epochs, which are what a run of N
+epochs does as long as the learning rate was not lowered within them (history.csv shows it; for
+the shipped config it first drops after epoch 8).
 Results go to --json and into BENCHMARKS.md between the `<!-- quality -->` markers. Progress on
 stderr.
 """
