@@ -4,10 +4,12 @@
     python benchmarks/quality.py --only ja-en,en-ja   # some of them
     python benchmarks/quality.py --budget 40          # each training stopped after 40 minutes
     python benchmarks/quality.py --only "ja-en, LSTM" --epochs 4   # an ablation row: 4 epochs
+    python benchmarks/quality.py --only "en-ja, seed 2,en-ja, ensemble of 2 seeds"  # 2 runs ensembled
 
 Each job is `python cli.py pipeline` on a config (a shipped one, or the default with a few keys
 changed, for the ablations) in its own run directory under --runs, then `python cli.py evaluate`
-on the test set with greedy search and beam 5 (beam 10 too for the default). Finished stages
+on the test set with greedy search and beam 5 (beam 10 too for the default); an ensemble job
+evaluates its member jobs' runs together (`cli.py evaluate --run A --run B`). Finished stages
 are skipped by the pipeline's own up-to-date check, so an interrupted benchmark resumes where it
 stopped. Figures per job: BLEU (nltk and sacreBLEU, with the signature), chrF, the dev BLEU
 curve by wall time, seconds per stage, training tokens/s, decoding sentences/s. For the default
@@ -44,11 +46,17 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "ja-en": ("configs/enja.toml", {"train": {"keep_checkpoints": 0}}, (1, 5, 10)),
     "en-ja": ("configs/en2ja.toml", {}, (1, 5)),
+    "en-ja, seed 2": ("configs/en2ja.toml", {"train": {"seed": 2}}, (1, 5)),
     "tatoeba ja-en": ("configs/tatoeba_jaen.toml", {}, (1, 5)),
     "ja-en, random embeddings": ("configs/enja.toml", {"train": {"pretrained": False}}, (1, 5)),
     "ja-en, LSTM": ("configs/enja.toml", {"model": {"cell": "lstm"}}, (1, 5)),
     "ja-en, 2 encoder layers": ("configs/enja.toml", {"model": {"layers": 2}}, (1, 5)),
     "ja-en, no label smoothing": ("configs/enja.toml", {"train": {"label_smoothing": 0.0}}, (1, 5)),
+}
+# name -> (member jobs, beams to evaluate): their runs' models ensembled at translate time; the
+# members are trained by their own jobs (which come first in the default order)
+ENSEMBLES: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    "en-ja, ensemble of 2 seeds": (("en-ja", "en-ja, seed 2"), (1, 5)),
 }
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
@@ -89,12 +97,12 @@ def job_names(only: str) -> list[str]:
     pieces, names, i = only.split(","), [], 0
     while i < len(pieces):
         for j in range(len(pieces), i, -1):
-            if (name := ",".join(pieces[i:j]).strip()) in JOBS:
+            if (name := ",".join(pieces[i:j]).strip()) in JOBS or name in ENSEMBLES:
                 names.append(name)
                 i = j
                 break
         else:
-            raise SystemExit(f"error: unknown job {pieces[i].strip()!r}; jobs: {'; '.join(JOBS)}")
+            raise SystemExit(f"error: unknown job {pieces[i].strip()!r}; jobs: {'; '.join([*JOBS, *ENSEMBLES])}")
     return names
 
 
@@ -162,6 +170,32 @@ def best_within(run: Path, config: dict[str, Any], beams: tuple[int, ...], minut
     return result
 
 
+def evaluate(runs: list[Path], src: str, ref: str, tokenize: str, beam: int) -> dict[str, Any]:
+    search = ["--greedy"] if beam == 1 else ["--beam", str(beam)]
+    report = cli("evaluate", *[a for run in runs for a in ("--run", str(run))], "--src", src, "--ref", ref,
+                 "--tokenize", tokenize, "--json", *search)
+    return {k: report[k] for k in ("bleu", "sacrebleu", "signature", "chrf", "decode_s", "sentences_per_s")}
+
+
+def run_ensemble(name: str, runs: Path, results: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
+    """Test figures of the member jobs' runs ensembled; each member must have finished training."""
+    members, beams = ENSEMBLES[name]
+    configs = [job_config(m, runs, None, epochs) for m in members]
+    dirs = [Path(c["run"]) if Path(c["run"]).is_absolute() else ROOT / c["run"] for c in configs]
+    for member, run in zip(members, dirs):
+        if not (run / "train" / "manifest.json").is_file():
+            raise SystemExit(f"error: {name} needs the run of job {member!r} ({run}); train that job first")
+    data, tokenize = configs[0]["data"], configs[0]["evaluate"]["tokenize"]
+    result: dict[str, Any] = {"members": list(members), "epochs_cap": epochs, "test": {}}
+    result["train_min"] = sum(results.get(label(m, epochs), {}).get("stage_seconds", {}).get("train", 0)
+                              for m in members) / 60
+    for beam in beams:
+        log(f"{name}: evaluate, beam {beam}")
+        result["test"][f"beam{beam}"] = evaluate(dirs, data["test_src"], data["test_tgt"], tokenize, beam)
+    result["date"] = time.strftime("%Y-%m-%d")
+    return result
+
+
 def run_job(name: str, runs: Path, budget: float | None, minutes: float, previous: dict[str, Any],
             collect: bool = False, epochs: int | None = None, at_epochs: int = 0) -> dict[str, Any]:
     config = job_config(name, runs, budget, epochs)
@@ -193,12 +227,8 @@ def run_job(name: str, runs: Path, budget: float | None, minutes: float, previou
     test_src = data.get("test_src") or str(run / "split" / "test.src")
     test_ref = data.get("test_tgt") or str(run / "split" / "test.tgt")
     for beam in JOBS[name][2]:
-        search = ["--greedy"] if beam == 1 else ["--beam", str(beam)]
         log(f"{name}: evaluate, beam {beam}")
-        report = cli("evaluate", "--run", str(run), "--src", test_src, "--ref", test_ref, "--tokenize", tokenize,
-                     "--json", *search)
-        result["test"][f"beam{beam}"] = {k: report[k] for k in ("bleu", "sacrebleu", "signature", "chrf",
-                                                                 "decode_s", "sentences_per_s")}
+        result["test"][f"beam{beam}"] = evaluate([run], test_src, test_ref, tokenize, beam)
     if name == "ja-en" and not epochs:
         if minutes:
             result["at_minutes"] = best_within(run, config, (1, 5), minutes=minutes)
@@ -215,8 +245,14 @@ def markdown(results: dict[str, Any]) -> str:
             "train min | median tok/s | greedy / beam-5 sent/s |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in full.items():
-        test, train = r["test"], r["train"]
+        test, train = r["test"], r.get("train")
         b10 = test.get("beam10", {}).get("sacrebleu", "")
+        if train is None:  # an ensemble: no training of its own
+            rows.append(f"| {name} ({' + '.join(r['members'])}) | {test['beam1']['sacrebleu']} | "
+                        f"{test['beam5']['sacrebleu']} | {b10} | {test['beam5']['chrf']} | | | "
+                        f"{r['train_min']:.0f} (members) | | "
+                        f"{test['beam1']['sentences_per_s']:.0f} / {test['beam5']['sentences_per_s']:.0f} |")
+            continue
         avg = " (averaged)" if (train.get("average") or {}).get("kept") else ""
         rows.append(
             f"| {name} | {test['beam1']['sacrebleu']} | {test['beam5']['sacrebleu']} | {b10} | "
@@ -235,6 +271,8 @@ def markdown(results: dict[str, Any]) -> str:
             out += ["", f"{name} after {a['minutes']:.0f} minutes of training: the best checkpoint by then (epoch "
                         f"{a['epoch']}, finished at {a['elapsed_min']} min, dev BLEU {a['dev_bleu']}) scores "
                         f"{a['beam1']['sacrebleu']} greedy, {a['beam5']['sacrebleu']} beam 5 on test."]
+        if "dev_curve" not in r:
+            continue
         curve = ", ".join(f"{p['dev_bleu']} ({p['elapsed_min']:.0f}′)" for p in r["dev_curve"])
         out += ["", f"{name}, dev BLEU (greedy) by epoch (minutes since training began): {curve}"]
     for epochs in sorted({r["epochs_cap"] for r in capped.values()}):
@@ -275,7 +313,7 @@ def update_benchmarks_md(path: Path, section: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", help=f"Comma-separated jobs; default all: {'; '.join(JOBS)}.")
+    parser.add_argument("--only", help=f"Comma-separated jobs; default all: {'; '.join([*JOBS, *ENSEMBLES])}.")
     parser.add_argument("--runs", type=Path, default=ROOT / "saved_models" / "quality", help="Where run dirs go.")
     parser.add_argument("--budget", type=float, default=None, help="Stop each training after this many minutes.")
     parser.add_argument("--at-minutes", type=float, default=40.0,
@@ -293,19 +331,24 @@ def main() -> None:
                         help="File whose quality section is rewritten ('-': print it instead).")
     args = parser.parse_args()
 
-    names = job_names(args.only) if args.only else list(JOBS)
+    names = job_names(args.only) if args.only else [*JOBS, *([] if args.epochs else ENSEMBLES)]
+    if args.epochs and (ensembles := [n for n in names if n in ENSEMBLES]):
+        parser.error(f"--epochs is for trained jobs, not the ensemble {ensembles[0]!r}")
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in names:
         key = label(name, args.epochs)
         previous = results.get(key, {})
         if args.stage_seconds:
             previous = {**previous, "stage_seconds": args.stage_seconds}
-        results[key] = run_job(name, args.runs.resolve(), args.budget, args.at_minutes, previous, args.collect,
-                               args.epochs, args.at_epochs)
+        if name in ENSEMBLES:
+            results[key] = run_ensemble(name, args.runs.resolve(), results, args.epochs)
+        else:
+            results[key] = run_job(name, args.runs.resolve(), args.budget, args.at_minutes, previous,
+                                   args.collect, args.epochs, args.at_epochs)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")  # after each job
     order = [label(n, e) for e in (None, *sorted({r.get("epochs_cap") or 0 for r in results.values()} - {0}))
-             for n in JOBS]
+             for n in [*JOBS, *ENSEMBLES]]
     section = markdown({n: results[n] for n in order if n in results})
     if str(args.markdown) == "-":
         sys.stdout.write(section)
