@@ -27,8 +27,8 @@ class Ensemble:
         encoded, states = zip(*(m.encode(src) for m in self.models))
         return tuple(encoded), tuple(tuple(s) for s in states)
 
-    def decode_step(self, encoded, state, tokens):
-        steps = [m.decode_step(e, s, tokens) for m, e, s in zip(self.models, encoded, state)]
+    def decode_step(self, encoded, state, tokens, active=None):
+        steps = [m.decode_step(e, s, tokens, active) for m, e, s in zip(self.models, encoded, state)]
         log_probs = tf.reduce_logsumexp(tf.stack([lp for lp, _, _ in steps]), axis=0) - self.log_m
         weights = tf.reduce_mean(tf.stack([w for _, _, w in steps]), axis=0)
         return log_probs, tuple(tuple(s) for _, s, _ in steps), weights

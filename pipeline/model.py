@@ -175,17 +175,23 @@ class Seq2Seq(keras.Model):
         contexts = tf.transpose(contexts, [1, 0, 2])  # (batch, T, 2*units)
         return self._logits(self._readout(hidden, contexts, embedded, training))
 
-    def decode_step(self, encoded: Encoded, state, tokens):
+    def decode_step(self, encoded: Encoded, state, tokens, active=None):
         """One inference step. tokens (batch,) = y_{t-1}; state: tuple of (batch, units).
 
         Returns log-probabilities (batch, tgt_vocab), the new state and the attention
-        weights (batch, src_len) used for this step.
+        weights (batch, src_len) used for this step. With `active` (batch,) bool, the vocabulary
+        projection, the step's largest cost, is computed for the active rows only; the others'
+        log-probabilities are 0 (search has no use for the rows of finished sentences).
         """
         embedded = self.tgt_embedding(tokens)  # (batch, E)
         context, weights = self.attention(state[0], encoded.keys, encoded.values, encoded.mask)
         state = self.decoder_cell(self.decoder_cell.project_inputs(embedded), context, state)
-        logits = self._logits(self._readout(state[0], context, embedded))
-        return ops.log_softmax(logits, axis=-1), state, weights
+        readout = self._readout(state[0], context, embedded)  # (batch, E)
+        if active is None:
+            return ops.log_softmax(self._logits(readout), axis=-1), state, weights
+        rows = tf.where(active)  # (n, 1)
+        log_probs = tf.nn.log_softmax(self._logits(tf.gather_nd(readout, rows)), axis=-1)
+        return tf.scatter_nd(rows, log_probs, [tf.shape(readout)[0], self.tgt_vocab]), state, weights
 
     def call(self, inputs, training=False):
         """inputs = (src (batch, src_len), tgt_in (batch, tgt_len)) -> logits (batch, tgt_len, vocab)."""

@@ -88,7 +88,7 @@ class Searcher:
         weights_out = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
         t = tf.constant(0)
         while t < max_len and not tf.reduce_all(finished):
-            log_probs, state, weights = self.model.decode_step(encoded, state, tokens)
+            log_probs, state, weights = self.model.decode_step(encoded, state, tokens, ~finished)
             log_probs = _constrain(log_probs, t, limits)
             chosen = choose(log_probs, t)
             token_lp = tf.gather(log_probs, chosen, batch_dims=1)
@@ -149,7 +149,7 @@ class Searcher:
 
         t = tf.constant(0)
         while t < max_len and not tf.reduce_all(done):
-            log_probs, state, weights = model.decode_step(encoded, state, tokens)
+            log_probs, state, weights = model.decode_step(encoded, state, tokens, _repeat(~done, k))
             log_probs = _constrain(log_probs, t, limits_k)
             vocab = tf.shape(log_probs)[1]
             candidates = alive_lp[:, :, tf.newaxis] + tf.reshape(log_probs, [batch, k, vocab])

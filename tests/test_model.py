@@ -84,6 +84,19 @@ def test_decode_step_matches_teacher_forcing():
         assert np.all(np.asarray(weights)[1, 4:] == 0)
 
 
+
+def test_decode_step_for_active_rows_only():
+    """Search asks for the rows of unfinished sentences only; theirs are unchanged, the rest 0."""
+    model = build_model(ModelConfig(embed_dim=16, units=12, attention_units=10), 50, 40)
+    src, tgt = _batch(np.random.default_rng(4))
+    encoded, state = model.encode(src)
+    full, full_state, _ = model.decode_step(encoded, state, tgt[:, 0])
+    active = np.array([True, False, True])
+    part, part_state, _ = model.decode_step(encoded, state, tgt[:, 0], active)
+    np.testing.assert_allclose(np.asarray(part)[active], np.asarray(full)[active], atol=1e-6)
+    assert np.all(np.asarray(part)[~active] == 0)
+    np.testing.assert_array_equal(np.asarray(part_state[0]), np.asarray(full_state[0]))
+
 def test_saved_model_reloads_identically(tmp_path):
     model = build_model(ModelConfig(cell="lstm", embed_dim=16, units=12, attention_units=10), 50, 40)
     src, tgt = _batch(np.random.default_rng(0))
