@@ -161,7 +161,13 @@ class Seq2Seq(keras.Model):
     def decode_teacher_forced(self, encoded: Encoded, state, tgt_in, training=False):
         """tgt_in (batch, tgt_len) = <s> y_1 … y_{n-1} -> logits (batch, tgt_len, tgt_vocab)."""
         embedded = self.dropout(self.tgt_embedding(tgt_in), training=training)  # (batch, T, E)
-        projected = self.decoder_cell.project_inputs(embedded)  # (batch, T, gates*units)
+        hidden, contexts = self.recurrence(encoded, state, self.decoder_cell.project_inputs(embedded))
+        return self._logits(self._readout(hidden, contexts, embedded, training))
+
+    def recurrence(self, encoded: Encoded, state, projected):
+        """The part of teacher forcing that runs step by step: attention and cell over the target
+        positions. projected (batch, T, gates*units) -> s_1..s_T (batch, T, units) and the
+        contexts c_1..c_T (batch, T, 2*units)."""
         context0 = ops.zeros_like(encoded.values[:, 0, :])  # (batch, 2*units)
 
         def step(carry, x_t):
@@ -171,9 +177,7 @@ class Seq2Seq(keras.Model):
 
         time_major = tf.transpose(projected, [1, 0, 2])  # (T, batch, gates*units)
         states, contexts = tf.scan(step, time_major, initializer=(tuple(state), context0))
-        hidden = tf.transpose(states[0], [1, 0, 2])  # (batch, T, units)
-        contexts = tf.transpose(contexts, [1, 0, 2])  # (batch, T, 2*units)
-        return self._logits(self._readout(hidden, contexts, embedded, training))
+        return tf.transpose(states[0], [1, 0, 2]), tf.transpose(contexts, [1, 0, 2])
 
     def decode_step(self, encoded: Encoded, state, tokens, active=None):
         """One inference step. tokens (batch,) = y_{t-1}; state: tuple of (batch, units).

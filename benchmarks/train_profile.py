@@ -1,0 +1,185 @@
+"""Where a training step's time goes, part by part, against the arithmetic it has to do.
+
+    python benchmarks/train_profile.py                  # the reference model (issue 4), batches of 64
+    python benchmarks/train_profile.py --json -         # the figures as JSON on stdout
+
+One process times, alternating round by round, forward and backward passes of:
+
+    step        the whole training step as `cli.py train` runs it (Model.train_on_batch: the
+                masked loss, Adam, clipping)
+    encoder     embeddings, the bidirectional RNN, the bridge and the attention keys
+    recurrence  the decoder's step-by-step part: attention and cell over the target positions
+    output      the rest of the decoder: target embeddings, the cell's input projection, readout,
+                vocabulary projection and the loss
+    matmul      one product of the vocabulary projection's shape, forward only
+    peak        a product of two 1024 x 1024 matrices: about the best rate this machine reaches,
+                the ceiling for everything else
+
+For each part it prints milliseconds a step (median), the floating-point operations the part must
+do (2 per multiply-add, forward and backward counted as 3 forward passes) and the rate reached.
+The batch is random token ids of fixed lengths (the corpus's typical ones by default): the
+figures are about shapes, not data. From them: how many target tokens a second the step would
+reach if every part ran at the peak rate, the bound that arithmetic alone sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def flops(b: int, s: int, t: int, embed: int, units: int, att: int, vocab: int, gates: int,
+          layers: int) -> dict[str, float]:
+    """Floating-point operations of one training step, by part: 2 per multiply-add of the
+    matrix products (elementwise work is left out), times 3 for forward and backward."""
+    gu = gates * units
+    encoder = sum(2 * ((embed if i == 0 else 2 * units) * gu + units * gu) for i in range(layers)) * b * s
+    encoder += b * s * 2 * units * att + b * 2 * units * units  # keys, bridge
+    recurrence = b * t * (units * att + s * att + s * 2 * units + 2 * units * gu + units * gu)
+    output = b * t * (embed * gu + (3 * units + embed) * embed + embed * vocab)
+    parts = {"encoder": encoder, "recurrence": recurrence, "output": output}
+    parts = {k: 6.0 * v for k, v in parts.items()}
+    parts["step"] = sum(parts.values())
+    parts["matmul"] = 2.0 * b * t * embed * vocab
+    parts["peak"] = 2.0 * 1024 ** 3
+    return parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--src-len", type=int, default=16,
+                        help="Source pieces a sentence, </s> included (ja-en batches: 15.9 on average).")
+    parser.add_argument("--tgt-len", type=int, default=11,
+                        help="Target pieces a sentence, <s> included (ja-en batches: 10.7).")
+    parser.add_argument("--vocab", type=int, default=4000)
+    parser.add_argument("--embed", type=int, default=256)
+    parser.add_argument("--units", type=int, default=256)
+    parser.add_argument("--cell", default="gru")
+    parser.add_argument("--rounds", type=int, default=7, help="Timed rounds, after one untimed.")
+    parser.add_argument("--repeats", type=int, default=10, help="Calls of each part a round.")
+    parser.add_argument("--json", default=None, help="Write the figures as JSON to this file ('-': stdout).")
+    args = parser.parse_args()
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from pipeline.config import ModelConfig, TrainConfig
+    from pipeline.model import build_model
+    from pipeline.train import compile_for_training, masked_loss
+
+    keras.utils.set_random_seed(1)
+    config = ModelConfig(cell=args.cell, embed_dim=args.embed, units=args.units, attention_units=args.units)
+    model = build_model(config, args.vocab, args.vocab)
+    train = TrainConfig()
+    compile_for_training(model, train)
+    loss_fn = masked_loss(train.label_smoothing)
+    rng = np.random.default_rng(1)
+    b, s, t = args.batch, args.src_len, args.tgt_len
+    src = tf.constant(rng.integers(4, args.vocab, (b, s)), tf.int32)
+    tgt_in = tf.constant(rng.integers(4, args.vocab, (b, t)), tf.int32)
+    tgt_out = tf.constant(rng.integers(4, args.vocab, (b, t)), tf.int32)
+    encoded, state = model.encode(src)
+    encoded = tf.nest.map_structure(tf.identity, encoded)
+    state = tuple(tf.identity(x) for x in state)
+    projected = model.decoder_cell.project_inputs(model.tgt_embedding(tgt_in))
+    hidden, contexts = model.recurrence(encoded, state, projected)
+
+    def grad_of(fn, sources):
+        """Gradients of fn() with respect to the sources (Keras variables or tensors)."""
+        sources = [getattr(x, "value", x) for x in sources]  # a Keras variable's tf.Variable
+
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                tape.watch([x for x in sources if not isinstance(x, tf.Variable)])
+                total = fn()
+            return tape.gradient(total, sources)
+        return run
+
+    encoder_vars = [v for layer in (model.src_embedding, *model.encoder_layers, model.bridge,
+                                    model.attention.key_projection) for v in layer.trainable_variables]
+    recurrence_vars = [*model.attention.query_projection.trainable_variables,
+                       *model.attention.score_vector.trainable_variables,
+                       *model.decoder_cell.trainable_variables]
+    output_vars = [model.tgt_embedding.embeddings, model.decoder_cell.w_input, model.decoder_cell.b_input,
+                   *model.readout.trainable_variables, model.output_bias]
+
+    def encoder():
+        e, st = model.encode(src, training=True)
+        return tf.reduce_sum(e.keys) + tf.reduce_sum(e.values) + sum(tf.reduce_sum(x) for x in st)
+
+    def recurrence():
+        h, c = model.recurrence(encoded, state, projected)
+        return tf.reduce_sum(h) + tf.reduce_sum(c)
+
+    def output():
+        embedded = model.dropout(model.tgt_embedding(tgt_in), training=True)
+        proj = model.decoder_cell.project_inputs(embedded)
+        logits = model._logits(model._readout(hidden, contexts, embedded, training=True))
+        return loss_fn(tgt_out, logits) + 1e-9 * tf.reduce_sum(proj)
+
+    weight = tf.constant(rng.standard_normal((args.embed, args.vocab)), tf.float32)
+    rows = tf.constant(rng.standard_normal((b * t, args.embed)), tf.float32)
+    square = tf.constant(rng.standard_normal((1024, 1024)), tf.float32)
+    parts = {
+        "step": lambda: model.train_on_batch((src, tgt_in), tgt_out),
+        "encoder": grad_of(encoder, encoder_vars),
+        "recurrence": grad_of(recurrence, [*recurrence_vars, *encoded, *state, projected]),
+        "output": grad_of(output, [*output_vars, hidden, contexts]),
+        "matmul": tf.function(lambda: tf.matmul(rows, weight)),
+        "peak": tf.function(lambda: tf.matmul(square, square)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    for round_ in range(args.rounds + 1):
+        for name, fn in parts.items():
+            start = time.perf_counter()
+            for _ in range(args.repeats):
+                result = fn()
+            if name != "step":
+                tf.nest.map_structure(lambda x: x.numpy() if hasattr(x, "numpy") else x, result)
+            if round_:  # the first round traces
+                times[name].append((time.perf_counter() - start) / args.repeats)
+        print(f"round {round_}/{args.rounds}", file=sys.stderr, flush=True)
+
+    work = flops(b, s, t, args.embed, args.units, args.units, args.vocab, 3 if args.cell == "gru" else 4,
+                 config.layers)
+    ms = {name: statistics.median(v) * 1000 for name, v in times.items()}
+    peak = max(work[n] / ms[n] / 1e6 for n in ("matmul", "peak"))  # GFLOP/s
+    figures = {
+        "shape": {"batch": b, "src_len": s, "tgt_len": t, "vocab": args.vocab, "embed": args.embed,
+                  "units": args.units, "cell": args.cell},
+        "parts": {name: {"ms": round(ms[name], 2), "gflop": round(work[name] / 1e9, 6),
+                         "gflop_per_s": round(work[name] / ms[name] / 1e6, 3),
+                         "runs_ms": [round(x * 1000, 2) for x in times[name]]} for name in parts},
+        "target_tok_per_s": round(b * t / ms["step"] * 1000),
+        "arithmetic_bound_tok_per_s": round(b * t / (work["step"] / peak / 1e6) * 1000),
+    }
+    figures["parts_sum_ms"] = round(ms["encoder"] + ms["recurrence"] + ms["output"], 2)
+    print(f"batch {b} x source {s} x target {t} pieces, vocab {args.vocab}, embed {args.embed}, "
+          f"{args.cell} {args.units}; medians of {args.rounds} rounds of {args.repeats} calls")
+    print(f"{'part':<11} {'ms':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8}")
+    for name in parts:
+        share = f"{ms[name] / ms['step']:.0%}" if name in ("encoder", "recurrence", "output") else ""
+        p = figures["parts"][name]
+        print(f"{name:<11} {p['ms']:>8.2f} {share:>6} {p['gflop']:>7.3f} {p['gflop_per_s']:>8.1f}")
+    print(f"step: {figures['target_tok_per_s']:,} target tok/s; at {peak:.0f} GFLOP/s throughout: "
+          f"{figures['arithmetic_bound_tok_per_s']:,}")
+    if args.json:
+        text = json.dumps(figures, indent=2) + "\n"
+        sys.stdout.write(text) if args.json == "-" else Path(args.json).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
