@@ -13,10 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-# TensorFlow's C++ start-up lines are noise on stderr, where batch scripts read our errors. The
-# oneDNN notice ignores TF_CPP_MIN_LOG_LEVEL; turning those ops off measured no slower here.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# TensorFlow's C++ log lines are noise on stderr, where batch scripts read our errors; its real
+# failures reach us as Python exceptions. Level 3 silences even its ERROR lines (with oneDNN on,
+# one says DT_BOOL falls back to Eigen). oneDNN stays on, TensorFlow's default: training ran
+# 1.31-1.53x faster with it in alternating processes here (BENCHMARKS.md, "oneDNN").
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+TF_FREE_COMMANDS = {"split", "tokenize", "download"}  # those that never load TensorFlow
+STARTUP_NOTICES = (b"oneDNN custom operations are on", b"before absl::InitializeLog() is called")
 
 import typer
 
@@ -37,13 +40,37 @@ RunsOpt = typer.Option(..., "--run", help="Run directory; repeat it to ensemble 
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug logs.")):
+def main(ctx: typer.Context,
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug logs.")):
     _state["verbose"] = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    if ctx.invoked_subcommand not in TF_FREE_COMMANDS:
+        _import_tensorflow_quietly()
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with stderr caught at the file-descriptor level, then pass on what it
+    wrote except its start-up notices, which are printed before TF_CPP_MIN_LOG_LEVEL is read."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().splitlines(keepends=True):
+                if not any(notice in line for notice in STARTUP_NOTICES):
+                    sys.stderr.buffer.write(line)
+            sys.stderr.flush()
 
 
 def _guard(fn: Callable[[], Any]) -> Any:

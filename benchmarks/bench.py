@@ -130,8 +130,7 @@ class Bench:
 def child_env(threads: int) -> dict[str, str]:
     """The environment of every measured process: TensorFlow as cli.py sets it, thread pools fixed."""
     env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["TF_NUM_INTRAOP_THREADS"] = env["TF_NUM_INTEROP_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env

@@ -39,8 +39,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # name -> (base config, overrides by section, beams to evaluate)
 JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {

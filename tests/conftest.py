@@ -6,8 +6,7 @@ import os
 import random
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as cli.py does
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as cli.py does; oneDNN on, as there
 
 import pytest
 

@@ -15,7 +15,8 @@ TINY = ["--embed-dim", "32", "--units", "32", "--batch-size", "32", "--learning-
 
 
 def cli(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # cli.py's own TensorFlow settings, as a user gets them
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
     proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], input=stdin,
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     if check and proc.returncode != 0:
@@ -31,6 +32,8 @@ def test_translate_reads_stdin_and_writes_stdout_line_for_line(tiny_run, toy_cor
     assert out[-1] == "" and len(out) - 1 == 6  # one line out per line in
     assert out[2] == ""  # an empty line stays empty
     assert all(out[i] for i in (0, 1, 3, 4, 5))
+    # TensorFlow's C++ lines (oneDNN's start-up notice, its DT_BOOL fallback) stay off stderr
+    assert "oneDNN" not in proc.stderr and "0000 00:00" not in proc.stderr, proc.stderr
 
 
 def test_translate_jsonl_with_nbest_and_attention(tiny_run, toy_corpus, tmp_path):
@@ -94,6 +97,7 @@ def test_translate_refuses_a_run_whose_model_is_missing(tiny_run, tmp_path):
     (broken / "train" / "model.keras").unlink()
     proc = cli("translate", "--run", broken, stdin="あか 。\n", check=False)
     assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ")  # TensorFlow's start-up notices filtered out
     assert "model.keras is missing" in proc.stderr and "python cli.py train" in proc.stderr
 
 
