@@ -206,6 +206,7 @@ def train(
     pretrained: bool = typer.Option(_Tr.pretrained, help="Initialise embeddings from the pretrain stage if it ran."),
     freeze_embeddings: bool = typer.Option(_Tr.freeze_embeddings, help="Keep pretrained embeddings fixed."),
     bleu_tokenize: str = typer.Option("13a", help="sacreBLEU tokenisation for the dev BLEU."),
+    precision: str = typer.Option(_Tr.precision, help="float32, mixed_float16 (GPU) or mixed_bfloat16."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its last epoch."),
     seed: int = typer.Option(_Tr.seed),
 ):
@@ -221,7 +222,7 @@ def train(
                              clip_norm=clip_norm, label_smoothing=label_smoothing, patience=patience,
                              pretrained=pretrained, freeze_embeddings=freeze_embeddings,
                              time_budget=time_budget, keep_checkpoints=keep_checkpoints,
-                             average_checkpoints=average_checkpoints, seed=seed)
+                             average_checkpoints=average_checkpoints, precision=precision, seed=seed)
         return stage(Run.at(run), model, config, dev_src=dev_src and str(dev_src),
                      dev_tgt=dev_tgt and str(dev_tgt), resume=resume, bleu_tokenize=bleu_tokenize)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.config import PretrainConfig
+from pipeline.config import PRECISIONS, PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("benchmarks")
@@ -33,6 +33,7 @@ class Settings:
     interval: int = 100  # JoeyNMT logs its tokens/s every 100 steps (rnn_jaen.yaml)
     batch_size: int = 64
     model: dict = field(default_factory=dict)  # ModelConfig overrides; {} is the reference model
+    precision: str = "float32"  # the training step's (TrainConfig.precision)
     pairs: Optional[int] = None  # training pairs used; None: all
     test_sentences: Optional[int] = None  # None: all
     repeats: int = 5
@@ -49,6 +50,8 @@ class Settings:
                 raise BenchmarkError(f"--{name} must be >= 1; got {getattr(self, name)}")
         if self.warmup < 0:
             raise BenchmarkError(f"--warmup must be >= 0; got {self.warmup}")
+        if self.precision not in PRECISIONS:
+            raise BenchmarkError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision}")
         if self.steps < self.interval:
             raise BenchmarkError(f"--steps ({self.steps}) must be at least one --interval ({self.interval})")
 

@@ -70,12 +70,13 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
     run = Run.at(spec["run"])
     model_config = ModelConfig(**spec["model"])
-    config = TrainConfig(batch_size=spec["batch_size"])
+    config = TrainConfig(batch_size=spec["batch_size"], precision=spec.get("precision", "float32"))
     processors, _ = load_tokenizers(run, needed_by=NEEDED_BY)
     encoded = load_encoded(run, needed_by=NEEDED_BY)
     keras.utils.set_random_seed(config.seed)  # as `train` does
     src, tgt = filter_length(encoded["src"], encoded["tgt"], config.max_len)
-    model = build_model(model_config, processors["src"].get_piece_size(), processors["tgt"].get_piece_size())
+    model = build_model(model_config, processors["src"].get_piece_size(), processors["tgt"].get_piece_size(),
+                        precision=config.precision)
     compile_for_training(model, config)
 
     def batches():
@@ -112,6 +113,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         "vocab": {side: processors[side].get_piece_size() for side in processors},
         "parameters": model.count_params(),
         "model": spec["model"],
+        "precision": config.precision,
         "threads": threads,
     }
 

@@ -211,7 +211,8 @@ def _details(results: dict[str, Any]) -> list[str]:
             f"(range {_num(min(train['interval_tok_per_s']))}-{_num(max(train['interval_tok_per_s']))} tok/s) after "
             f"{train['warmup_steps']} warm-up steps; {train['train_pairs']:,} pairs, batches of {train['batch_size']} "
             f"sentences, {train['tokens_per_step']:,.0f} target tokens a step; {train['parameters']:,} parameters "
-            f"(JoeyNMT's: 4,978,688); first step, tracing included, {train['first_step_s']:.1f} s")
+            f"(JoeyNMT's: 4,978,688); {train.get('precision', 'float32')}; first step, tracing included, "
+            f"{train['first_step_s']:.1f} s")
     decode = results.get("decode") or {}
     for name in [k for k in decode if isinstance(decode[k], dict) and "sent_per_s" in decode[k]]:
         d = decode[name]

@@ -58,7 +58,8 @@ def measure_train(bench: Bench) -> dict[str, Any]:
     s = bench.settings
     tokenized = bench.stage("tokenize", 1)
     return bench.measure("train", {"run": str(tokenized["run"]), "steps": s.steps, "warmup": s.warmup,
-                                   "interval": s.interval, "batch_size": s.batch_size, "model": s.model})
+                                   "interval": s.interval, "batch_size": s.batch_size, "model": s.model,
+                                   "precision": s.precision})
 
 
 def measure_decode(bench: Bench, run: Path) -> dict[str, Any]:
@@ -158,6 +159,8 @@ def main(
     scales: Optional[str] = typer.Option(None, help="Corpus repetitions for the stream section (default 1,3,10)."),
     threads: Optional[int] = typer.Option(None, help="TensorFlow intra- and inter-op threads, gensim workers "
                                                      "(default: the cores this process may use)."),
+    precision: Optional[str] = typer.Option(None, help="Training precision: float32 (default), mixed_bfloat16, "
+                                                       "mixed_float16."),
     data: Path = typer.Option(DEFAULT_DATA, help="Folder with train.ja, train.en and test.ja."),
     run: Path = typer.Option(DEFAULT_RUN, help="A trained run for the decode section."),
     json_path: Path = typer.Option(DEFAULT_JSON, "--json", help="Where the results go as JSON."),
@@ -177,7 +180,7 @@ def main(
         else:
             sections = _sections(only)
             overrides = {k: v for k, v in dict(steps=steps, warmup=warmup, interval=interval, repeats=repeats,
-                                               threads=threads).items() if v is not None}
+                                               threads=threads, precision=precision).items() if v is not None}
             if scales:
                 overrides["scales"] = _scales(scales)
             settings = replace(Settings(**(QUICK if quick else {})), **overrides)

@@ -45,7 +45,8 @@ class BahdanauAttention(keras.layers.Layer):
         """
         projected_query = ops.expand_dims(self.query_projection(query), 1)  # (batch, 1, att_units)
         scores = ops.squeeze(self.score_vector(ops.tanh(keys + projected_query)), -1)  # (batch, src_len)
-        scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
+        masked = -3e4 if keras.backend.standardize_dtype(scores.dtype) == "float16" else -1e9  # fp16 max 65504
+        scores = ops.where(mask, scores, ops.full_like(scores, masked))
         weights = ops.softmax(scores, axis=-1)
         context = ops.einsum("bs,bsd->bd", weights, values)
         return context, weights

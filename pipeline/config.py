@@ -18,6 +18,7 @@ from pipeline.errors import ConfigError
 # Languages written without spaces between words: SentencePiece needs a character coverage
 # below 1.0 there, or rare characters each take a vocabulary slot.
 _CJK = {"ja", "zh", "ko", "th"}
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 def default_character_coverage(lang: str) -> float:
@@ -117,9 +118,13 @@ class TrainConfig:
     keep_checkpoints: int = 5  # the last N epochs' weights, for checkpoint averaging; 0 keeps all
     average_checkpoints: int = 5  # at the end, average the last N epochs; kept if dev BLEU improves
     time_budget: float = 0.0  # minutes of training (validation included) before stopping; 0 = none
+    # float32, or mixed precision: layers compute in float16 (GPUs with tensor cores; the loss is
+    # scaled) or bfloat16 (newer CPUs and GPUs), weights stay float32; the saved model is float32
+    precision: str = "float32"
     seed: int = 1234
 
     def validate(self) -> None:
+        _choice("train.precision", self.precision, PRECISIONS)
         for name in ("epochs", "batch_size", "max_len", "dev_beam"):
             _positive(f"train.{name}", getattr(self, name))
         if self.keep_checkpoints < 0 or self.time_budget < 0 or self.average_checkpoints < 0:

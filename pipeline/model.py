@@ -15,6 +15,7 @@ readout and the vocabulary projection) is computed for all positions at once out
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import keras
@@ -66,7 +67,7 @@ class DecoderCell(keras.layers.Layer):
 
     def project_inputs(self, embedded):
         """(..., embed_dim) -> (..., gates*units)."""
-        return ops.matmul(embedded, self.w_input) + self.b_input
+        return ops.matmul(embedded, _as(self.w_input, embedded)) + _as(self.b_input, embedded)
 
     def call(self, projected_input, context, state):
         """projected_input (batch, gates*units), context (batch, context_dim), state: tuple of
@@ -150,9 +151,10 @@ class Seq2Seq(keras.Model):
 
     def _logits(self, readout):
         """(..., embed_dim) -> (..., tgt_vocab)."""
+        bias = _as(self.output_bias, readout)
         if self.output_projection is None:
-            return ops.matmul(readout, ops.transpose(self.tgt_embedding.embeddings)) + self.output_bias
-        return self.output_projection(readout) + self.output_bias
+            return ops.matmul(readout, ops.transpose(_as(self.tgt_embedding.embeddings, readout))) + bias
+        return self.output_projection(readout) + bias
 
     def _readout(self, state_h, context, embedded, training=False):
         o = self.readout(ops.concatenate([state_h, context, embedded], axis=-1))
@@ -186,15 +188,17 @@ class Seq2Seq(keras.Model):
         weights (batch, src_len) used for this step. With `active` (batch,) bool, the vocabulary
         projection, the step's largest cost, is computed for the active rows only; the others'
         log-probabilities are 0 (search has no use for the rows of finished sentences).
+        Log-probabilities and weights are float32 whatever the compute precision.
         """
         embedded = self.tgt_embedding(tokens)  # (batch, E)
         context, weights = self.attention(state[0], encoded.keys, encoded.values, encoded.mask)
         state = self.decoder_cell(self.decoder_cell.project_inputs(embedded), context, state)
         readout = self._readout(state[0], context, embedded)  # (batch, E)
+        weights = ops.cast(weights, "float32")
         if active is None:
-            return ops.log_softmax(self._logits(readout), axis=-1), state, weights
+            return ops.log_softmax(ops.cast(self._logits(readout), "float32"), axis=-1), state, weights
         rows = tf.where(active)  # (n, 1)
-        log_probs = tf.nn.log_softmax(self._logits(tf.gather_nd(readout, rows)), axis=-1)
+        log_probs = tf.nn.log_softmax(tf.cast(self._logits(tf.gather_nd(readout, rows)), tf.float32), axis=-1)
         return tf.scatter_nd(rows, log_probs, [tf.shape(readout)[0], self.tgt_vocab]), state, weights
 
     def call(self, inputs, training=False):
@@ -213,10 +217,31 @@ class Seq2Seq(keras.Model):
         }
 
 
-def build_model(config: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
+def _as(variable, like):
+    """`variable` in the dtype of the tensor `like`: the compute dtype under mixed precision,
+    where variables stay float32 (a no-op in float32)."""
+    return ops.cast(variable, like.dtype)
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Layers created inside compute in `name` ("float32", "mixed_float16", "mixed_bfloat16");
+    Keras's global policy is restored afterwards."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_model(config: ModelConfig, src_vocab: int, tgt_vocab: int, precision: str = "float32") -> Seq2Seq:
+    """The model, its weights created; under a mixed `precision` its layers compute in float16 or
+    bfloat16 while the weights stay float32 (Micikevicius et al. 2018)."""
     config.validate()
-    model = Seq2Seq(src_vocab, tgt_vocab, cell=config.cell, embed_dim=config.embed_dim, units=config.units,
-                    layers=config.layers, attention_units=config.attention_units, dropout=config.dropout,
-                    tie_embeddings=config.tie_embeddings)
-    model.build()
+    with dtype_policy(precision):
+        model = Seq2Seq(src_vocab, tgt_vocab, cell=config.cell, embed_dim=config.embed_dim, units=config.units,
+                        layers=config.layers, attention_units=config.attention_units, dropout=config.dropout,
+                        tie_embeddings=config.tie_embeddings)
+        model.build()
     return model

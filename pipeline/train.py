@@ -42,7 +42,7 @@ def masked_loss(label_smoothing: float):
 
     def loss(y_true, logits):
         mask = keras.ops.cast(keras.ops.not_equal(y_true, PAD), "float32")  # (batch, T)
-        log_probs = keras.ops.log_softmax(logits, axis=-1)  # (batch, T, vocab)
+        log_probs = keras.ops.log_softmax(keras.ops.cast(logits, "float32"), axis=-1)  # (batch, T, vocab)
         nll = -keras.ops.squeeze(keras.ops.take_along_axis(log_probs, y_true[..., None], axis=-1), -1)
         per_token = (1.0 - label_smoothing) * nll - label_smoothing * keras.ops.mean(log_probs, axis=-1)
         return keras.ops.sum(per_token * mask) / keras.ops.maximum(keras.ops.sum(mask), 1.0)
@@ -268,7 +268,8 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
         dev_raw_src = [processors["src"].decode(s.tolist()) for s in dev_ids["src"]]
         dev_raw_tgt = [processors["tgt"].decode(t.tolist()) for t in dev_ids["tgt"]]
 
-    model = build_model(model_config, processors["src"].get_piece_size(), processors["tgt"].get_piece_size())
+    model = build_model(model_config, processors["src"].get_piece_size(), processors["tgt"].get_piece_size(),
+                        precision=config.precision)
     if embeddings is not None:
         model.src_embedding.embeddings.assign(embeddings["src"])
         model.tgt_embedding.embeddings.assign(embeddings["tgt"])
@@ -374,8 +375,9 @@ def _pretrained(run: Run, model_config: ModelConfig, config: TrainConfig) -> dic
 
 
 def save_for_inference(model: Seq2Seq, path) -> None:
-    """Save weights and architecture only (no optimizer state, no compiled loss), atomically."""
-    clone = Seq2Seq.from_config(model.get_config())
+    """Save weights and architecture only (no optimizer state, no compiled loss), atomically; a
+    model trained in mixed precision is saved as float32, as translation runs it."""
+    clone = Seq2Seq.from_config({k: v for k, v in model.get_config().items() if k != "dtype"})
     clone.build()
     clone.set_weights(model.get_weights())
     with atomic_path(path) as tmp:
