@@ -197,6 +197,8 @@ def train(
     label_smoothing: float = typer.Option(_Tr.label_smoothing),
     clip_norm: float = typer.Option(_Tr.clip_norm, help="Global gradient-norm clipping."),
     patience: int = typer.Option(_Tr.patience, help="Epochs without a better dev BLEU before stopping."),
+    lr_patience: int = typer.Option(_Tr.lr_patience,
+                                    help="Epochs without a better dev BLEU before the learning rate is lowered."),
     time_budget: float = typer.Option(_Tr.time_budget, help="Stop after this many minutes (0: no limit)."),
     keep_checkpoints: int = typer.Option(_Tr.keep_checkpoints,
                                          help="Keep the last N epochs' weights for `average` (0: all)."),
@@ -220,6 +222,7 @@ def train(
                             tie_embeddings=tie_embeddings)
         config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                              clip_norm=clip_norm, label_smoothing=label_smoothing, patience=patience,
+                             lr_patience=lr_patience,
                              pretrained=pretrained, freeze_embeddings=freeze_embeddings,
                              time_budget=time_budget, keep_checkpoints=keep_checkpoints,
                              average_checkpoints=average_checkpoints, precision=precision, seed=seed)

@@ -111,6 +111,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     patience: int = 4  # epochs without a better dev BLEU before stopping
     lr_decay: float = 0.5  # multiply the learning rate by this when dev BLEU stalls
+    lr_patience: int = 1  # epochs without a better dev BLEU (by 0.1) before the rate is lowered
     pretrained: bool = True  # initialise embeddings from the pretrain stage when present
     freeze_embeddings: bool = False
     max_len: int = 80  # pieces; longer training pairs are skipped
@@ -125,7 +126,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         _choice("train.precision", self.precision, PRECISIONS)
-        for name in ("epochs", "batch_size", "max_len", "dev_beam"):
+        for name in ("epochs", "batch_size", "max_len", "dev_beam", "lr_patience"):
             _positive(f"train.{name}", getattr(self, name))
         if self.keep_checkpoints < 0 or self.time_budget < 0 or self.average_checkpoints < 0:
             raise ConfigError("train.keep_checkpoints, average_checkpoints and time_budget must be >= 0")

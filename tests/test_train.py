@@ -213,3 +213,20 @@ def test_mixed_precision_trains_and_saves_a_float32_model(tmp_path, toy_corpus, 
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ConfigError, match="train.precision"):
         TrainConfig(precision="float16").validate()
+
+
+def test_the_learning_rate_waits_lr_patience_epochs_before_it_falls(tmp_path, toy_corpus, monkeypatch):
+    seen = {}
+
+    class Recording(keras.callbacks.ReduceLROnPlateau):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            seen.update(kwargs)
+
+    monkeypatch.setattr(train_module.keras.callbacks, "ReduceLROnPlateau", Recording)
+    run = _tokenized(tmp_path, toy_corpus)
+    train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=1, batch_size=64, lr_patience=3),
+          dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
+    assert seen["patience"] == 3 and seen["monitor"] == "val_bleu"
+    with pytest.raises(ConfigError, match="lr_patience"):
+        TrainConfig(lr_patience=0).validate()
