@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import json
 import os
 import subprocess
@@ -300,6 +301,21 @@ def ablation_table(epochs: int, default: dict[str, Any] | None, rows: dict[str, 
     return out
 
 
+def save_results(path: Path, mine: dict[str, Any]) -> dict[str, Any]:
+    """Merge this process's results into the JSON file and return the whole of it. The file is
+    re-read under a lock, so two benchmarks running side by side (two trainings, one core each)
+    keep each other's jobs instead of the last writer's alone."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        results.update(mine)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        tmp.replace(path)
+    return results
+
+
 def update_benchmarks_md(path: Path, section: str) -> None:
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     block = f"{BEGIN}\n{section}{END}"
@@ -333,19 +349,18 @@ def main() -> None:
     names = job_names(args.only) if args.only else [*JOBS, *([] if args.epochs else ENSEMBLES)]
     if args.epochs and (ensembles := [n for n in names if n in ENSEMBLES]):
         parser.error(f"--epochs is for trained jobs, not the ensemble {ensembles[0]!r}")
-    results = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    results, mine = save_results(args.json, {}), {}
     for name in names:
         key = label(name, args.epochs)
         previous = results.get(key, {})
         if args.stage_seconds:
             previous = {**previous, "stage_seconds": args.stage_seconds}
         if name in ENSEMBLES:
-            results[key] = run_ensemble(name, args.runs.resolve(), results, args.epochs)
+            mine[key] = run_ensemble(name, args.runs.resolve(), save_results(args.json, mine), args.epochs)
         else:
-            results[key] = run_job(name, args.runs.resolve(), args.budget, args.at_minutes, previous,
-                                   args.collect, args.epochs, args.at_epochs)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")  # after each job
+            mine[key] = run_job(name, args.runs.resolve(), args.budget, args.at_minutes, previous,
+                                args.collect, args.epochs, args.at_epochs)
+        results = save_results(args.json, mine)  # after each job
     order = [label(n, e) for e in (None, *sorted({r.get("epochs_cap") or 0 for r in results.values()} - {0}))
              for n in [*JOBS, *ENSEMBLES]]
     section = markdown({n: results[n] for n in order if n in results})

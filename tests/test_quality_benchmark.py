@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import tomllib
 
 from pipeline.config import PipelineConfig, from_dict
@@ -103,3 +104,15 @@ def test_ensemble_job_needs_its_members_and_renders_a_row(tmp_path):
                                                                "test": test, "train_min": 120.0}})
     assert "| en-ja, ensemble of 2 seeds (en-ja + en-ja, seed 2) | 41.0 | 45.0 |  | 39.0 | | | 120 (members) |" \
         in section
+
+
+def test_results_of_two_benchmarks_side_by_side_are_merged_not_overwritten(tmp_path):
+    path = tmp_path / "results" / "quality.json"
+    first = {"en-ja": {"test": {"beam5": {"sacrebleu": 39.0}}}}
+    assert quality.save_results(path, {}) == {}  # a missing file reads as empty, and is created
+    quality.save_results(path, first)  # one process finishes its job
+    both = quality.save_results(path, {"en-ja, seed 2": {"test": {"beam5": {"sacrebleu": 38.0}}}})  # the other
+    assert set(both) == {"en-ja", "en-ja, seed 2"}
+    assert quality.save_results(path, {"en-ja": {"test": {}}})["en-ja"] == {"test": {}}  # a rerun replaces its own key
+    assert json.loads(path.read_text())["en-ja, seed 2"]["test"]["beam5"]["sacrebleu"] == 38.0
+    assert not path.with_name("quality.json.tmp").exists()
