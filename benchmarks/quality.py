@@ -56,7 +56,7 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
 # name -> (member jobs, beams to evaluate): their runs' models ensembled at translate time; the
 # members are trained by their own jobs (which come first in the default order)
 ENSEMBLES: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
-    "en-ja, ensemble of 2 seeds": (("en-ja", "en-ja, seed 2"), (1, 5)),
+    "en-ja, ensemble of 2 seeds": (("en-ja", "en-ja, seed 2"), (1, 5, 10)),
 }
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
