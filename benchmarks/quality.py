@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from pipeline.artifacts import write_json_atomic  # noqa: E402  (after the path and TF settings above)
+
 # name -> (base config, overrides by section, beams to evaluate)
 JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "ja-en": ("configs/enja.toml", {"train": {"keep_checkpoints": 0}}, (1, 5, 10)),
@@ -310,9 +312,7 @@ def save_results(path: Path, mine: dict[str, Any]) -> dict[str, Any]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = json.loads(path.read_text()) if path.is_file() else {}
         results.update(mine)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        write_json_atomic(path, results)
     return results
 
 
