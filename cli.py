@@ -209,7 +209,10 @@ def train(
     freeze_embeddings: bool = typer.Option(_Tr.freeze_embeddings, help="Keep pretrained embeddings fixed."),
     bleu_tokenize: str = typer.Option("13a", help="sacreBLEU tokenisation for the dev BLEU."),
     precision: str = typer.Option(_Tr.precision, help="float32, mixed_float16 (GPU) or mixed_bfloat16."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from its last epoch."),
+    resume: Optional[bool] = typer.Option(
+        None, "--resume/--restart",
+        help="An interrupted training with the same settings resumes from its last epoch by default; "
+             "--resume insists on it, --restart discards it."),
     seed: int = typer.Option(_Tr.seed),
 ):
     """Train the encoder-decoder with Bahdanau attention; keep the best model by dev BLEU."""

@@ -16,17 +16,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.artifacts import Run, write_json_atomic
-from pipeline.config import DecodeConfig
+from pipeline.checkpoints import BEST, epoch_checkpoints, save_for_inference
+from pipeline.config import DecodeConfig, TrainConfig, from_dict
 from pipeline.data import read_parallel
 from pipeline.errors import StageError
+from pipeline.evaluate import DevSet
 from pipeline.model import Seq2Seq
 from pipeline.progress import log
 
 STAGE = "train"
-
-
-def last_checkpoints(run: Run, n: int) -> list[Path]:
-    return sorted(run.stage_dir(STAGE).joinpath("checkpoints").glob("epoch-*.weights.h5"))[-n:]
 
 
 def mean_weights(model: Seq2Seq, paths: list[Path]) -> list[np.ndarray]:
@@ -41,19 +39,13 @@ def mean_weights(model: Seq2Seq, paths: list[Path]) -> list[np.ndarray]:
     return [(t / len(paths)).astype(np.float32) for t in total]
 
 
-def try_average(model: Seq2Seq, translator, paths: list[Path], dev_src: list[str], dev_ref: list[str],
-                decode: DecodeConfig, tokenize: str, best_bleu: float, best_path: Path) -> dict[str, Any]:
-    """Set `model` (the translator's) to the mean of `paths`; save it to `best_path` if its dev BLEU
-    beats `best_bleu`. Returns what happened."""
-    from pipeline.bleu import score
-    from pipeline.train import save_for_inference
-
+def try_average(model: Seq2Seq, translator, paths: list[Path], dev: DevSet, decode: DecodeConfig, tokenize: str,
+                best_bleu: float) -> dict[str, Any]:
+    """Set `model` (the translator's) to the mean of `paths` and measure its BLEU on `dev`;
+    `kept` says whether it beats `best_bleu` (the caller then saves it)."""
     model.set_weights(mean_weights(model, paths))
-    hyps = [h.text for h in translator.translate(dev_src, decode)]
-    bleu = score(hyps, dev_ref, tokenize=tokenize)["sacrebleu"]
+    bleu = dev.bleu(translator, decode, tokenize)
     kept = bleu > best_bleu
-    if kept:
-        save_for_inference(model, best_path)
     log.info("average of the last %d checkpoints: dev BLEU %.2f vs best epoch %.2f; %s", len(paths), bleu,
              best_bleu, "kept" if kept else "not kept")
     return {"checkpoints": [p.name for p in paths], "dev_bleu": bleu, "best_epoch_dev_bleu": best_bleu,
@@ -64,8 +56,8 @@ def average_run(run: Run, last: int, dev_src: str | None = None, dev_tgt: str | 
     """Average a finished run's last `last` checkpoints (`python cli.py average`)."""
     from pipeline.translate import Translator
 
-    manifest = run.verify(STAGE, ["model.keras"], needed_by="average")
-    paths = last_checkpoints(run, last)
+    manifest = run.verify(STAGE, [BEST], needed_by="average")
+    paths = epoch_checkpoints(run.stage_dir(STAGE))[-last:]
     if len(paths) < 2:
         raise StageError(f"{run.root} has {len(paths)} epoch checkpoint(s); averaging needs 2 or more",
                          hint="train with --keep-checkpoints N (N >= 2)")
@@ -76,19 +68,18 @@ def average_run(run: Run, last: int, dev_src: str | None = None, dev_tgt: str | 
         raise StageError(f"{run.root} was trained on a held-out part of its training data",
                          hint="give --dev-src and --dev-tgt")
     pairs = list(read_parallel(dev_src, dev_tgt))
-    state_path = run.path(STAGE, "state.json")
-    best = json.loads(state_path.read_text())["best_bleu"]
+    dev = DevSet([s for s, _ in pairs], [t for _, t in pairs])
     translator = Translator.load(run, needed_by="average")
-    train_config = manifest["config"]["train"]
-    decode = DecodeConfig(strategy="beam" if train_config["dev_beam"] > 1 else "greedy",
-                          beam=train_config["dev_beam"])
-    result = try_average(translator.model, translator, paths, [s for s, _ in pairs], [t for _, t in pairs], decode,
-                         manifest["config"]["bleu_tokenize"], best, run.path(STAGE, "model.keras"))
+    state = json.loads(run.path(STAGE, "state.json").read_text())
+    decode = from_dict(TrainConfig, manifest["config"]["train"]).dev_decode
+    result = try_average(translator.model, translator, paths, dev, decode, manifest["config"]["bleu_tokenize"],
+                         state["best_bleu"])
     if result["kept"]:
-        write_json_atomic(state_path, {**json.loads(state_path.read_text()), "best_bleu": result["dev_bleu"],
-                                       "averaged": len(paths)})
-        report = {**manifest.get("report", {}), "average": result, "best_dev_bleu": result["dev_bleu"]}
-        run.finish(STAGE, manifest["config"], {k: v["path"] for k, v in recorded.items()},
-                   list(manifest["outputs"]), extra={"tokenizer": manifest["tokenizer"], "report": report})
+        with run.writing(STAGE, from_current=True) as stage:
+            save_for_inference(translator.model, stage.dir / BEST)
+            write_json_atomic(stage.dir / "state.json",
+                              {**state, "best_bleu": result["dev_bleu"], "averaged": len(paths)})
+            report = {**manifest.get("report", {}), "average": result, "best_dev_bleu": result["dev_bleu"]}
+            stage.finish(manifest["config"], {k: v["path"] for k, v in recorded.items()},
+                         list(manifest["outputs"]), extra={"tokenizer": manifest["tokenizer"], "report": report})
     return result
-

@@ -124,6 +124,11 @@ class TrainConfig:
     precision: str = "float32"
     seed: int = 1234
 
+    @property
+    def dev_decode(self) -> "DecodeConfig":
+        """How the per-epoch dev BLEU decodes (and checkpoint averaging is judged)."""
+        return DecodeConfig(strategy="beam" if self.dev_beam > 1 else "greedy", beam=self.dev_beam)
+
     def validate(self) -> None:
         _choice("train.precision", self.precision, PRECISIONS)
         for name in ("epochs", "batch_size", "max_len", "dev_beam", "lr_patience"):

@@ -33,9 +33,14 @@ def evaluate(runs: Run | Sequence[Run], src: str, ref: str, decode: DecodeConfig
     if not pairs:
         raise InputError(f"{src} is empty: nothing to evaluate")
     sources, references = [s for s, _ in pairs], [r for _, r in pairs]
-    translator = Translator.load(runs, needed_by="evaluate")
-    out = run.begin(stage)
+    with run.lock(stage):  # taken now, not once the test set is translated
+        return _evaluate(run, stage, runs, Translator.load(runs, needed_by="evaluate"), sources, references,
+                         decode, config, src, ref)
 
+
+def _evaluate(run: Run, stage: str, runs: list[Run], translator: Translator, sources: list[str],
+              references: list[str], decode: DecodeConfig, config: EvaluateConfig, src: str,
+              ref: str) -> dict[str, Any]:
     start = time.perf_counter()
     hypotheses = [h.text for h in progress(translator.translate(sources, decode), "translating",
                                            total=len(sources), unit="sent")]
@@ -58,9 +63,25 @@ def evaluate(runs: Run | Sequence[Run], src: str, ref: str, decode: DecodeConfig
         "runs": [str(r.root) for r in runs],
         "hypotheses": hypotheses,
     }
-    write_text_atomic(out / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
-    write_json_atomic(out / "report.json", report)
-    run.finish(stage, {"decode": asdict(decode), "evaluate": asdict(config)}, {"src": src, "ref": ref},
-               ["hypotheses.txt", "report.json"],
-               extra={"models": {str(r.root): r.output_hash("train", "model.keras") for r in runs}})
+    with run.writing(stage) as writer:
+        write_text_atomic(writer.dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
+        write_json_atomic(writer.dir / "report.json", report)
+        writer.finish({"decode": asdict(decode), "evaluate": asdict(config)}, {"src": src, "ref": ref},
+                      ["hypotheses.txt", "report.json"],
+                      extra={"models": {str(r.root): r.output_hash("train", "model.keras") for r in runs}})
     return report
+
+
+class DevSet:
+    """A dev set: raw text for BLEU, and piece ids for the dev loss where training needs them.
+    Training scores each epoch on it, and checkpoint averaging the average."""
+
+    def __init__(self, src_text: list[str], ref_text: list[str], ids: dict[str, list] | None = None):
+        self.src_text, self.ref_text, self.ids = src_text, ref_text, ids
+
+    def __len__(self) -> int:
+        return len(self.src_text)
+
+    def bleu(self, translator: Translator, decode: DecodeConfig, tokenize: str) -> float:
+        hyps = [h.text for h in translator.translate(self.src_text, decode)]
+        return bleu.score(hyps, self.ref_text, tokenize=tokenize)["sacrebleu"]

@@ -42,6 +42,11 @@ SHOW_NEIGHBOURS = 5
 def pretrain(run: Run, config: PretrainConfig) -> dict[str, Any]:
     """Run the stage for both sides; return its report (also stored in the manifest)."""
     config.validate()
+    with run.lock(STAGE):
+        return _pretrain(run, config)
+
+
+def _pretrain(run: Run, config: PretrainConfig) -> dict[str, Any]:
     names = ["train.npz"] + [f"spm.{side}.model" for side in SIDES]
     tokenized = run.verify("tokenize", names, needed_by=STAGE)
     tokenizer = {side: tokenized["outputs"][f"spm.{side}.model"] for side in SIDES}
@@ -49,13 +54,13 @@ def pretrain(run: Run, config: PretrainConfig) -> dict[str, Any]:
     extra_paths = {"src": config.extra_src, "tgt": config.extra_tgt}
     corpora = _read_corpora(run, processors, extra_paths)  # all reading done before RUN/pretrain is touched
 
-    out = run.begin(STAGE)
-    report = {side: _pretrain_side(out, side, number, corpora[side], processors[side], config)
-              for number, side in enumerate(SIDES)}
-    # Inputs are the user's files, as for the other stages; the tokenizer is recorded by hash.
-    inputs = {f"extra_{side}": path for side, path in extra_paths.items() if path}
-    outputs = [f"emb.{side}.{ext}" for side in SIDES for ext in ("npy", "txt")]
-    run.finish(STAGE, asdict(config), inputs, outputs, extra={"tokenizer": tokenizer, "report": report})
+    with run.writing(STAGE) as stage:
+        report = {side: _pretrain_side(stage.dir, side, number, corpora[side], processors[side], config)
+                  for number, side in enumerate(SIDES)}
+        # Inputs are the user's files, as for the other stages; the tokenizer is recorded by hash.
+        inputs = {f"extra_{side}": path for side, path in extra_paths.items() if path}
+        outputs = [f"emb.{side}.{ext}" for side in SIDES for ext in ("npy", "txt")]
+        stage.finish(asdict(config), inputs, outputs, extra={"tokenizer": tokenizer, "report": report})
     return report
 
 

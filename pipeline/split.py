@@ -57,12 +57,6 @@ def split(
         )
     sets = assign(distinct, config)
 
-    out = run.begin(STAGE)
-    for name in SETS:
-        for i, side in enumerate(SIDES):
-            with atomic_path(out / f"{name}.{side}") as tmp:
-                tmp.write_text("".join(pair[i] + "\n" for pair in sets[name]), encoding="utf-8")
-
     report: dict[str, Any] = {
         **counts,
         **{name: len(sets[name]) for name in SETS},
@@ -72,7 +66,12 @@ def split(
         log.warning("dropped %d pair(s) with an empty side", counts["dropped_empty"])
     if counts["duplicates"]:
         log.info("%d duplicate pair(s) written once", counts["duplicates"])
-    run.finish(STAGE, settings(config, tsv, tsv_src_col, tsv_tgt_col), inputs, OUTPUTS, extra={"report": report})
+    with run.writing(STAGE) as stage:
+        for name in SETS:
+            for i, side in enumerate(SIDES):
+                with atomic_path(stage.dir / f"{name}.{side}") as tmp:
+                    tmp.write_text("".join(pair[i] + "\n" for pair in sets[name]), encoding="utf-8")
+        stage.finish(settings(config, tsv, tsv_src_col, tsv_tgt_col), inputs, OUTPUTS, extra={"report": report})
     return report
 
 

@@ -46,8 +46,16 @@ def tokenize(
     config.validate()
     pairs, inputs = read_corpus(src, tgt, tsv, tsv_src_col, tsv_tgt_col)
 
-    out = run.begin(STAGE)
-    langs = {"src": src_lang, "tgt": tgt_lang}
+    with run.writing(STAGE) as stage:
+        report = _tokenize_into(stage.dir, pairs, config, {"src": src_lang, "tgt": tgt_lang})
+        outputs = ["train.npz"] + [f"spm.{s}.{ext}" for s in SIDES for ext in ("model", "vocab")]
+        stage.finish(asdict(config), inputs, outputs, extra={"report": report})
+    return report
+
+
+def _tokenize_into(out: Path, pairs: Iterable[tuple[str, str]], config: TokenizeConfig,
+                   langs: dict[str, str]) -> dict[str, Any]:
+    """Clean the pairs, train both SentencePiece models and encode the pairs into `out`."""
     clean = {side: out / f".clean.{side}.txt" for side in SIDES}
     try:
         counts = _write_clean(pairs, clean)
@@ -72,8 +80,6 @@ def tokenize(
             "dropped %d pair(s) with an empty side and %d too long (> %d pieces or %d bytes)",
             report["dropped_empty"], report["dropped_too_long"], config.max_tokens, MAX_LINE_BYTES,
         )
-    outputs = ["train.npz"] + [f"spm.{s}.{ext}" for s in SIDES for ext in ("model", "vocab")]
-    run.finish(STAGE, asdict(config), inputs, outputs, extra={"report": report})
     return report
 
 
@@ -147,8 +153,22 @@ def _spm_train(corpus: Path, prefix: Path, vocab_size: int, coverage: float, con
         num_threads=2,
         minloglevel=2,
     )
+    _forget_paths(Path(f"{tmp_prefix}.model"))
     for ext in ("model", "vocab"):
         Path(f"{tmp_prefix}.{ext}").replace(f"{prefix}.{ext}")
+
+
+def _forget_paths(model: Path) -> None:
+    """Clear the training file and output prefix that SentencePiece records in its model: they
+    name this run's staging directory, and the same data and settings must give the same bytes
+    in any run directory (ensembles and copied runs compare tokenizers by hash)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model.read_bytes())
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.model_prefix = ""
+    model.write_bytes(proto.SerializeToString())
 
 
 def _encode(clean: dict[str, Path], processors: dict[str, spm.SentencePieceProcessor],

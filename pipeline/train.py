@@ -3,12 +3,15 @@
 Per epoch: masked, label-smoothed cross-entropy normalised by real target tokens; global-norm
 gradient clipping; validation loss and greedy dev BLEU; the best model by dev BLEU saved to
 `RUN/train/model.keras`; the learning rate lowered when dev BLEU stalls, training stopped when it
-stops improving; a CSV history. `BackupAndRestore` makes an interrupted run resumable.
+stops improving; a CSV history. Each epoch ends with a backup from which an interrupted training
+resumes exactly (`EpochBackup`); the stage is written in the run's staging area and swapped in
+when it has finished (`Run.writing`).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
 import shutil
@@ -22,15 +25,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.artifacts import Run, atomic_path, write_json_atomic
-from pipeline.average import last_checkpoints, try_average
-from pipeline.config import DecodeConfig, ModelConfig, TrainConfig
+from pipeline import faults
+from pipeline.artifacts import Run, atomic_path, sha256, write_json_atomic, write_text_atomic
+from pipeline.average import try_average
+from pipeline.checkpoints import BEST, CHECKPOINTS, Backup, epoch_checkpoints, save_for_inference
+from pipeline.config import DecodeConfig, EvaluateConfig, ModelConfig, TrainConfig
 from pipeline.data import read_parallel
 from pipeline.errors import InputError, StageError
+from pipeline.evaluate import DevSet
 from pipeline.model import Seq2Seq, build_model
 from pipeline.progress import log
 from pipeline.tokenize import BOS, EOS, PAD, SIDES, load_encoded, load_tokenizers
-from pipeline.translate import pad
+from pipeline.translate import Translator, pad
 
 STAGE = "train"
 POOL = 100  # batches' worth of pairs sorted by length together (see make_dataset)
@@ -107,31 +113,20 @@ def batch_order(src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
 class DevBleu(keras.callbacks.Callback):
     """Greedy-decodes the dev set after each epoch, logs `val_bleu`, keeps the best model."""
 
-    def __init__(self, translator, dev_src: list[str], dev_ref: list[str], decode_config, tokenize: str,
-                 best_path, state_path):
+    def __init__(self, translator, dev: DevSet, decode_config, tokenize: str, best_path):
         super().__init__()
-        self.translator, self.dev_src, self.dev_ref = translator, dev_src, dev_ref
-        self.decode_config, self.tokenize = decode_config, tokenize
-        self.best_path, self.state_path = best_path, state_path
+        self.translator, self.dev = translator, dev
+        self.decode_config, self.tokenize, self.best_path = decode_config, tokenize, best_path
         self.best = -1.0
         self.best_epoch = -1
 
-    def on_train_begin(self, logs=None):
-        if self.state_path.is_file():  # resuming: remember the best so far
-            state = json.loads(self.state_path.read_text())
-            self.best, self.best_epoch = state["best_bleu"], state["best_epoch"]
-
     def on_epoch_end(self, epoch, logs=None):
-        from pipeline.bleu import score
-
         t0 = time.perf_counter()
-        hyps = [h.text for h in self.translator.translate(self.dev_src, self.decode_config)]
-        logs["val_bleu"] = score(hyps, self.dev_ref, tokenize=self.tokenize)["sacrebleu"]
+        logs["val_bleu"] = self.dev.bleu(self.translator, self.decode_config, self.tokenize)
         logs["dev_decode_s"] = time.perf_counter() - t0
         if logs["val_bleu"] > self.best:
             self.best, self.best_epoch = logs["val_bleu"], epoch
             save_for_inference(self.model, self.best_path)
-            write_json_atomic(self.state_path, {"best_bleu": self.best, "best_epoch": epoch})
 
 
 class Throughput(keras.callbacks.Callback):
@@ -227,47 +222,116 @@ class EpochLog(keras.callbacks.Callback):
                  float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
 
 
+# The counters each stateful callback keeps from epoch to epoch. They are saved with the backup,
+# so a resumed training keeps its best model, lowers its learning rate and stops exactly when an
+# uninterrupted one would.
+CALLBACK_STATE = {
+    "EarlyStopping": ("wait", "best", "best_epoch", "stopped_epoch"),
+    "ReduceLROnPlateau": ("wait", "best", "cooldown_counter"),
+    "DevBleu": ("best", "best_epoch"),
+}
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """The last callback of each epoch: saves the backup (`checkpoints.Backup`: weights, optimizer,
+    random-generator states, the other callbacks' counters, the history), then writes the
+    history CSV from it. On a resumed training it first gives the callbacks their counters back."""
+
+    def __init__(self, backup: Backup, history_path, callbacks: list, epochs: int, state: dict | None):
+        super().__init__()
+        self.backup, self.history_path, self.epochs = backup, history_path, epochs
+        self.stateful = [cb for cb in callbacks if type(cb).__name__ in CALLBACK_STATE]
+        self.state = state or {"epoch": 0, "done": False, "history": [], "callbacks": {}}
+
+    def on_train_begin(self, logs=None):  # after the callbacks' own on_train_begin reset them
+        for cb in self.stateful:
+            for name, value in self.state["callbacks"].get(type(cb).__name__, {}).items():
+                setattr(cb, name, value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, **{k: float(v) for k, v in (logs or {}).items()}}
+        self.state = {
+            "epoch": epoch + 1,
+            "done": bool(self.model.stop_training) or epoch + 1 >= self.epochs,
+            "history": self.state["history"] + [row],
+            "callbacks": {type(cb).__name__: {name: _plain(getattr(cb, name))
+                                              for name in CALLBACK_STATE[type(cb).__name__]}
+                          for cb in self.stateful},
+        }
+        faults.point("epoch-end")
+        self.backup.save(self.model, self.state)
+        faults.point("backup-saved")
+        write_history(self.history_path, self.state["history"])
+
+
 def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str | None = None,
-          dev_tgt: str | None = None, resume: bool = False, bleu_tokenize: str = "13a") -> dict[str, Any]:
+          dev_tgt: str | None = None, resume: bool | None = None, bleu_tokenize: str = "13a") -> dict[str, Any]:
+    """Run the stage; return its report (also stored in the manifest).
+
+    Everything is read and checked before the run is touched. Training writes into the run's
+    staging area (`Run.writing`), swapped in for `RUN/train/` only when it has finished, so a
+    failed or interrupted training leaves the previous model translating. An interrupted
+    training with the same settings and inputs is resumed (`resume=None`, the default, or
+    True, which refuses to start afresh); `resume=False` discards it.
+    """
     model_config.validate()
     config.validate()
-    processors, tok_manifest = load_tokenizers(run, needed_by="train")
-    encoded = load_encoded(run, needed_by="train")
-    tokenizer_hashes = {s: tok_manifest["outputs"][f"spm.{s}.model"] for s in SIDES}
+    EvaluateConfig(tokenize=bleu_tokenize).validate()
+    with run.lock(STAGE):  # before anything is read: a second writer is told at once
+        return _train(run, model_config, config, dev_src, dev_tgt, resume, bleu_tokenize)
+
+
+def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str | None, dev_tgt: str | None,
+           resume: bool | None, bleu_tokenize: str) -> dict[str, Any]:
+    processors, tok_manifest = load_tokenizers(run, needed_by=STAGE)
+    data = TrainingData.read(run, processors, config, dev_src, dev_tgt)
     embeddings = _pretrained(run, model_config, config)
+    settings = {"model": asdict(model_config), "train": asdict(config), "bleu_tokenize": bleu_tokenize}
+    inputs = {"dev_src": dev_src, "dev_tgt": dev_tgt} if dev_src else {}
+    fingerprint = {"settings": _jsonable(settings), "tokenize": tok_manifest["outputs"],
+                   "pretrain": run.manifest("pretrain")["outputs"] if embeddings is not None else None,
+                   "dev": {k: sha256(v) for k, v in inputs.items()}}
 
-    out = run.stage_dir(STAGE)
-    backup, state_path = out / "backup", out / "state.json"
-    if resume and not backup.is_dir():
-        raise StageError(f"nothing to resume in {out}", hint="start it without --resume")
-    run.begin(STAGE)
-    if not resume:
-        shutil.rmtree(backup, ignore_errors=True)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-        for name in ("model.keras", "history.csv", "state.json"):
-            (out / name).unlink(missing_ok=True)
+    with run.writing(STAGE, resumable=True, resume=resume is not False) as stage:
+        backup = Backup(stage.dir / "backup")
+        state, values = _resumable(backup, fingerprint, resume, stage.dir)
+        if state is None:
+            _clear(stage.dir)
+            write_json_atomic(stage.dir / "fingerprint.json", fingerprint)
+        keras.utils.set_random_seed(config.seed)
+        model = _build_model(model_config, config, processors, embeddings)
+        if state is not None:
+            backup.restore(model, values)
+            log.info("resuming the interrupted training after epoch %d", state["epoch"])
+        translator = Translator(model, processors["src"], processors["tgt"])
+        history = _fit(model, translator, data, config, bleu_tokenize, stage.dir, backup, state)
+        report = _finish(stage, model, translator, data, config, bleu_tokenize, history, backup, settings,
+                         inputs, tok_manifest, embeddings is not None)
+    return report
 
-    keras.utils.set_random_seed(config.seed)
-    src, tgt = filter_length(encoded["src"], encoded["tgt"], config.max_len)
-    if dev_src and dev_tgt:
-        dev_pairs = list(read_parallel(dev_src, dev_tgt))
-        if not dev_pairs:
-            raise InputError(f"the dev set {dev_src} is empty")
-        dev_raw_src, dev_raw_tgt = [s for s, _ in dev_pairs], [t for _, t in dev_pairs]
-        dev_ids = {"src": processors["src"].encode(dev_raw_src), "tgt": processors["tgt"].encode(dev_raw_tgt)}
-        dev_ids["src"], dev_ids["tgt"] = filter_length(dev_ids["src"], dev_ids["tgt"], config.max_len)
-    elif dev_src or dev_tgt:
-        raise InputError("give both --dev-src and --dev-tgt, or neither")
-    else:  # hold out the last pairs, decoded back to text for BLEU
-        n = min(DEV_HOLDOUT, len(src) // 10)
-        if n == 0:
-            raise InputError("too few training pairs to hold out a dev set; give --dev-src/--dev-tgt")
-        log.info("no dev set given: holding out the last %d training pairs", n)
-        dev_ids = {"src": src[-n:], "tgt": tgt[-n:]}
-        src, tgt = src[:-n], tgt[:-n]
-        dev_raw_src = [processors["src"].decode(s.tolist()) for s in dev_ids["src"]]
-        dev_raw_tgt = [processors["tgt"].decode(t.tolist()) for t in dev_ids["tgt"]]
 
+def _resumable(backup: Backup, fingerprint: dict, resume: bool | None, directory) -> tuple:
+    """The backup's (state, values) if the training should resume from it, else (None, None)."""
+    if resume is False or not backup.exists():
+        if resume:
+            raise StageError(f"nothing to resume in {directory}", hint="start it without --resume")
+        if backup.exists():
+            log.warning("discarding the interrupted training in %s (--restart)", directory)
+        return None, None
+    recorded = _read_json(directory / "fingerprint.json")
+    if recorded != fingerprint:
+        if resume:
+            raise StageError(f"the interrupted training in {directory} used other settings or inputs "
+                             f"({_first_difference(recorded, fingerprint)})",
+                             hint="train with the same settings to resume it, or --restart")
+        log.warning("the interrupted training in %s used other settings or inputs (%s); starting afresh",
+                    directory, _first_difference(recorded, fingerprint))
+        return None, None
+    return backup.load()
+
+
+def _build_model(model_config: ModelConfig, config: TrainConfig, processors: dict,
+                 embeddings: dict[str, np.ndarray] | None) -> Seq2Seq:
     model = build_model(model_config, processors["src"].get_piece_size(), processors["tgt"].get_piece_size(),
                         precision=config.precision)
     if embeddings is not None:
@@ -276,76 +340,156 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
     if config.freeze_embeddings:
         model.src_embedding.trainable = model.tgt_embedding.trainable = False
     compile_for_training(model, config)
-    done = _history(out / "history.csv") if resume else []  # the epochs before an interruption
-    elapsed_before = float(done[-1]["elapsed_s"]) if done else 0.0
-    train_ds = make_dataset(src, tgt, config.batch_size, shuffle=True, seed=config.seed, first_pass=len(done))
-    dev_ds = make_dataset(dev_ids["src"], dev_ids["tgt"], config.batch_size, shuffle=False, seed=0)
+    return model
 
-    from pipeline.translate import Translator  # translate imports this module's load_best_model
 
-    translator = Translator(model, processors["src"], processors["tgt"])
-    dev_decode = DecodeConfig(strategy="beam" if config.dev_beam > 1 else "greedy", beam=config.dev_beam)
-    tokens_per_epoch = int(sum(len(t) + 1 for t in tgt))
+def _fit(model: Seq2Seq, translator: Translator, data: "TrainingData", config: TrainConfig, bleu_tokenize: str,
+         out, backup: Backup, state: dict | None) -> dict[str, list]:
+    """Train from the epoch after `state`'s (the first, without one); return this call's history."""
+    done_before = state["epoch"] if state else 0
+    if state and state["done"]:
+        log.info("training had finished before the interruption; finishing the stage")
+        return {}
+    elapsed_before = state["history"][-1]["elapsed_s"] if state else 0.0
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(backup)),
-        Throughput(tokens_per_epoch, elapsed_before),
-        DevBleu(translator, dev_raw_src, dev_raw_tgt, dev_decode, bleu_tokenize, out / "model.keras", state_path),
+        Throughput(data.tokens_per_epoch, elapsed_before),
+        DevBleu(translator, data.dev, config.dev_decode, bleu_tokenize, out / BEST),
         keras.callbacks.ReduceLROnPlateau(monitor="val_bleu", mode="max", factor=config.lr_decay,
                                           patience=config.lr_patience, min_delta=0.1,
                                           min_lr=config.learning_rate / 64, verbose=0),
         keras.callbacks.EarlyStopping(monitor="val_bleu", mode="max", patience=config.patience, min_delta=0.1),
-        keras.callbacks.CSVLogger(str(out / "history.csv"), append=resume),
-        EpochCheckpoints(out / "checkpoints", config.keep_checkpoints),
+        EpochCheckpoints(out / CHECKPOINTS, config.keep_checkpoints),
         EpochLog(config.epochs),
         BatchProgress(config.epochs),
     ]
     if config.time_budget:
         callbacks.append(TimeBudget(config.time_budget, elapsed_before))
+    callbacks.append(EpochBackup(backup, out / "history.csv", callbacks, config.epochs, state))
+    train_ds = make_dataset(data.src, data.tgt, config.batch_size, shuffle=True, seed=config.seed,
+                            first_pass=done_before)
+    dev_ds = make_dataset(data.dev.ids["src"], data.dev.ids["tgt"], config.batch_size, shuffle=False, seed=0)
     log.info("training on %d pairs (%d target tokens an epoch), dev %d pairs, %d parameters",
-             len(src), tokens_per_epoch, len(dev_raw_src), model.count_params())
-    start = time.perf_counter()
+             len(data.src), data.tokens_per_epoch, len(data.dev), model.count_params())
     with warnings.catch_warnings():  # the dataset's length is unknown until it runs out: expected
         warnings.filterwarnings("ignore", message=".*ran out of data")
-        history = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, callbacks=callbacks,
-                            shuffle=False, verbose=0)
-    if not (out / "model.keras").is_file():
-        raise StageError("training ended before the first epoch finished; no model was saved")
+        history = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, initial_epoch=done_before,
+                            callbacks=callbacks, shuffle=False, verbose=0)
+    return history.history
 
-    state = json.loads(state_path.read_text())
+
+def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData", config: TrainConfig,
+            bleu_tokenize: str, history: dict[str, list], backup: Backup, settings: dict, inputs: dict,
+            tok_manifest: dict, pretrained: bool) -> dict[str, Any]:
+    """Average the last checkpoints if that gains, write state.json, drop the backup, record the stage."""
+    out = stage.dir
+    if not (out / BEST).is_file() or not backup.exists():
+        raise StageError("training ended before the first epoch finished; no model was saved")
+    state, _ = backup.load()
+    best = state["callbacks"]["DevBleu"]
+    result = {"best_bleu": best["best"], "best_epoch": best["best_epoch"]}
     averaged = None
-    checkpoints = last_checkpoints(run, config.average_checkpoints) if config.average_checkpoints > 1 else []
+    checkpoints = epoch_checkpoints(out)[-config.average_checkpoints:] if config.average_checkpoints > 1 else []
     if len(checkpoints) > 1:
-        averaged = try_average(model, translator, checkpoints, dev_raw_src, dev_raw_tgt, dev_decode, bleu_tokenize,
-                               state["best_bleu"], out / "model.keras")
+        averaged = try_average(model, translator, checkpoints, data.dev, config.dev_decode, bleu_tokenize,
+                               result["best_bleu"])
+        faults.point("averaged")
         if averaged["kept"]:
-            state = {**state, "best_bleu": averaged["dev_bleu"], "averaged": len(checkpoints)}
-            write_json_atomic(state_path, state)
-    wall = time.perf_counter() - start
-    h = history.history
+            save_for_inference(model, out / BEST)
+            result = {**result, "best_bleu": averaged["dev_bleu"], "averaged": len(checkpoints)}
+    write_json_atomic(out / "state.json", result)
+    rows = state["history"]
     report = {
-        "best_dev_bleu": state["best_bleu"],
-        "best_epoch": state["best_epoch"] + 1,
+        "best_dev_bleu": result["best_bleu"],
+        "best_epoch": result["best_epoch"] + 1,
         "average": averaged,
-        "epochs_run": len(h.get("loss", [])),
-        "train_pairs": len(src),
-        "dev_pairs": len(dev_raw_src),
+        "epochs_run": len(history.get("loss", [])),
+        "epochs": state["epoch"],
+        "train_pairs": len(data.src),
+        "dev_pairs": len(data.dev),
         "parameters": model.count_params(),
-        "pretrained_embeddings": embeddings is not None,
-        "median_train_tok_per_s": float(np.median(h["train_tok_per_s"])) if h.get("train_tok_per_s") else None,
-        "wall_s": round(wall, 1),
+        "pretrained_embeddings": pretrained,
+        "median_train_tok_per_s": float(np.median([r["train_tok_per_s"] for r in rows])) if rows else None,
+        "wall_s": round(rows[-1]["elapsed_s"], 1) if rows else None,
     }
-    run.finish(STAGE, {"model": asdict(model_config), "train": asdict(config), "bleu_tokenize": bleu_tokenize},
-               {"dev_src": dev_src, "dev_tgt": dev_tgt} if dev_src else {},
-               ["model.keras", "history.csv"],
-               extra={"tokenizer": tokenizer_hashes, "report": report})
+    shutil.rmtree(backup.path.parent)
+    (out / "fingerprint.json").unlink()
+    faults.point("before-manifest:train")
+    tokenizer_hashes = {s: tok_manifest["outputs"][f"spm.{s}.model"] for s in SIDES}
+    stage.finish(settings, inputs, [BEST, "history.csv"], extra={"tokenizer": tokenizer_hashes, "report": report})
     return report
 
 
-def _history(path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+class TrainingData:
+    """The encoded training pairs and the dev set, all read and checked before training starts."""
+
+    def __init__(self, src: list, tgt: list, dev: DevSet):
+        self.src, self.tgt, self.dev = src, tgt, dev
+        self.tokens_per_epoch = int(sum(len(t) + 1 for t in tgt))
+
+    @classmethod
+    def read(cls, run: Run, processors: dict, config: TrainConfig, dev_src: str | None,
+             dev_tgt: str | None) -> "TrainingData":
+        encoded = load_encoded(run, needed_by=STAGE)
+        src, tgt = filter_length(encoded["src"], encoded["tgt"], config.max_len)
+        if dev_src and dev_tgt:
+            dev_pairs = list(read_parallel(dev_src, dev_tgt))
+            if not dev_pairs:
+                raise InputError(f"the dev set {dev_src} is empty")
+            text = {"src": [s for s, _ in dev_pairs], "tgt": [t for _, t in dev_pairs]}
+            ids = {side: processors[side].encode(text[side]) for side in SIDES}
+            ids["src"], ids["tgt"] = filter_length(ids["src"], ids["tgt"], config.max_len)
+        elif dev_src or dev_tgt:
+            raise InputError("give both --dev-src and --dev-tgt, or neither")
+        else:  # hold out the last pairs, decoded back to text for BLEU
+            n = min(DEV_HOLDOUT, len(src) // 10)
+            if n == 0:
+                raise InputError("too few training pairs to hold out a dev set; give --dev-src/--dev-tgt")
+            log.info("no dev set given: holding out the last %d training pairs", n)
+            ids = {"src": src[-n:], "tgt": tgt[-n:]}
+            src, tgt = src[:-n], tgt[:-n]
+            text = {side: [processors[side].decode(x.tolist()) for x in ids[side]] for side in SIDES}
+        return cls(src, tgt, DevSet(text["src"], text["tgt"], ids))
+
+
+def write_history(path, rows: list[dict]) -> None:
+    """history.csv: a row per epoch, `epoch` then the logged values by name."""
+    names = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=names, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _clear(directory) -> None:
+    """Empty a staging directory for a fresh training."""
+    for path in directory.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _plain(value):
+    """A callback counter as JSON stores it (NumPy scalars become Python numbers)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj))
+
+
+def _read_json(path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _first_difference(recorded, current, where: str = "") -> str:
+    """The first setting or input that differs between two fingerprints, for the message."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        for key in sorted(set(recorded) | set(current)):
+            if recorded.get(key) != current.get(key):
+                return _first_difference(recorded.get(key), current.get(key), f"{where}.{key}" if where else key)
+    return f"{where or 'fingerprint'}: {recorded!r} then, {current!r} now"
 
 
 def filter_length(src: list, tgt: list, max_len: int) -> tuple[list, list]:
@@ -373,25 +517,3 @@ def _pretrained(run: Run, model_config: ModelConfig, config: TrainConfig) -> dic
                  "or train with --no-pretrained",
         )
     return vectors
-
-
-def save_for_inference(model: Seq2Seq, path) -> None:
-    """Save weights and architecture only (no optimizer state, no compiled loss), atomically; a
-    model trained in mixed precision is saved as float32, as translation runs it."""
-    clone = Seq2Seq.from_config({k: v for k, v in model.get_config().items() if k != "dtype"})
-    clone.build()
-    clone.set_weights(model.get_weights())
-    with atomic_path(path) as tmp:
-        clone.save(tmp)
-
-
-def load_best_model(run: Run, needed_by: str) -> Seq2Seq:
-    """The best model of a finished train stage, after checking it matches the run's tokenizers."""
-    manifest = run.verify(STAGE, ["model.keras"], needed_by=needed_by)
-    for side in SIDES:
-        if manifest.get("tokenizer", {}).get(side) != run.output_hash("tokenize", f"spm.{side}.model"):
-            raise StageError(
-                f"the model in {run.root} was trained with another tokenizer than the run's current one",
-                hint=f"rerun `python cli.py train --run {run.root}`",
-            )
-    return keras.saving.load_model(run.path(STAGE, "model.keras"), compile=False)

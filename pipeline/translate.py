@@ -110,7 +110,7 @@ class Translator:
 
 def load_models(runs: Run | Sequence[Run], needed_by: str) -> tuple[dict[str, spm.SentencePieceProcessor], list]:
     """The tokenizers and best models of one or more runs, which must share the tokenizers."""
-    from pipeline.train import load_best_model
+    from pipeline.checkpoints import load_best_model
 
     runs = [runs] if isinstance(runs, Run) else list(runs)
     processors, _ = load_tokenizers(runs[0], needed_by)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline.artifacts import Run
-from pipeline.average import average_run, last_checkpoints, mean_weights
+from pipeline.average import average_run, mean_weights
+from pipeline.checkpoints import epoch_checkpoints
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import ConfigError, StageError
 from pipeline.model import Seq2Seq
@@ -47,7 +48,7 @@ def test_training_ends_by_trying_the_average_of_the_last_checkpoints(trained):
 def test_mean_weights_is_the_elementwise_mean(trained):
     run, _ = trained
     model = Translator.load(run).model
-    paths = last_checkpoints(run, 2)
+    paths = epoch_checkpoints(run.stage_dir("train"))[-2:]
     expected = [(a + b) / 2 for a, b in zip(*(_weights(p, model) for p in paths))]
     for got, want in zip(mean_weights(model, paths), expected):
         np.testing.assert_allclose(got, want, rtol=1e-6)
@@ -68,7 +69,7 @@ def test_average_command_replaces_the_model_only_when_dev_bleu_improves(trained,
     result = average_run(run, 2)
     assert result["kept"]
     model = Translator.load(run).model  # the manifest was updated: the new file verifies
-    for got, want in zip(model.get_weights(), mean_weights(model, last_checkpoints(run, 2))):
+    for got, want in zip(model.get_weights(), mean_weights(model, epoch_checkpoints(run.stage_dir("train"))[-2:])):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     assert json.loads(state_path.read_text())["best_bleu"] == result["dev_bleu"]
 

@@ -55,8 +55,9 @@ def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_co
 
     run = Run.at(tmp_path / "run")
     manifest = run.manifest("train")
-    run.finish("train", manifest["config"], {k: v["path"] for k, v in manifest["inputs"].items()},
-               list(manifest["outputs"]), extra={"tokenizer": manifest["tokenizer"], "report": manifest["report"]})
+    with run.writing("train", from_current=True) as stage:
+        stage.finish(manifest["config"], {k: v["path"] for k, v in manifest["inputs"].items()},
+                     list(manifest["outputs"]), extra={"tokenizer": manifest["tokenizer"], "report": manifest["report"]})
     rewritten = json.loads(cli("pipeline", "--config", config).stdout)
     assert [s["status"] for s in rewritten["stages"].values()] == ["skipped"] * 3 + ["ran"]
 

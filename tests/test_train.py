@@ -141,18 +141,18 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, toy_corpus, monke
     run = _tokenized(tmp_path, toy_corpus)
     config = TrainConfig(epochs=3, batch_size=64, patience=10)
     dev = dict(dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
-    original = train_module.EpochLog.on_epoch_end
+    original = train_module.EpochLog.on_epoch_begin
 
-    def interrupt_after_second_epoch(self, epoch, logs=None):
+    def interrupt_in_third_epoch(self, epoch, logs=None):
         original(self, epoch, logs)
-        if epoch == 1:
+        if epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module.EpochLog, "on_epoch_end", interrupt_after_second_epoch)
+    monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", interrupt_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(run, ModelConfig(**TINY_MODEL), config, **dev)
     assert not run.has("train")  # an interrupted stage does not look finished
-    monkeypatch.setattr(train_module.EpochLog, "on_epoch_end", original)
+    monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", original)
 
     report = train(run, ModelConfig(**TINY_MODEL), config, resume=True, **dev)
     assert run.has("train")
