@@ -306,7 +306,7 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
         translator = Translator(model, processors["src"], processors["tgt"])
         history = _fit(model, translator, data, config, bleu_tokenize, stage.dir, backup, state)
         report = _finish(stage, model, translator, data, config, bleu_tokenize, history, backup, settings,
-                         inputs, tok_manifest, embeddings is not None)
+                         inputs, tok_manifest, embeddings is not None, resumed_after=state["epoch"] if state else 0)
     return report
 
 
@@ -379,7 +379,7 @@ def _fit(model: Seq2Seq, translator: Translator, data: "TrainingData", config: T
 
 def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData", config: TrainConfig,
             bleu_tokenize: str, history: dict[str, list], backup: Backup, settings: dict, inputs: dict,
-            tok_manifest: dict, pretrained: bool) -> dict[str, Any]:
+            tok_manifest: dict, pretrained: bool, resumed_after: int) -> dict[str, Any]:
     """Average the last checkpoints if that gains, write state.json, drop the backup, record the stage."""
     out = stage.dir
     if not (out / BEST).is_file() or not backup.exists():
@@ -404,6 +404,7 @@ def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData",
         "average": averaged,
         "epochs_run": len(history.get("loss", [])),
         "epochs": state["epoch"],
+        "resumed_after_epoch": resumed_after,  # 0: not resumed
         "train_pairs": len(data.src),
         "dev_pairs": len(data.dev),
         "parameters": model.count_params(),

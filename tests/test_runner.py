@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
 
+import keras
+import numpy as np
 import pytest
 
+import pipeline.model  # noqa: F401 (registers Seq2Seq, the class model.keras names)
 from pipeline.artifacts import Run
 from pipeline.config import ConfigError, load_pipeline_config
 from tests.test_cli import cli
+from tests.test_reliability import cli as cli_killed
 
 
 def _config(tmp_path, toy_corpus, epochs: int) -> str:
@@ -43,17 +48,21 @@ beam = 2
 
 
 def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_corpus):
-    config = _config(tmp_path, toy_corpus, epochs=1)
+    config = _config(tmp_path, toy_corpus, epochs=2)
+    killed = cli_killed("pipeline", "--config", config, kill_at="backup-saved:1")  # in training, after epoch 1
+    assert killed.returncode == -signal.SIGKILL
     first = json.loads(cli("pipeline", "--config", config).stdout)
-    assert [s["status"] for s in first["stages"].values()] == ["ran"] * 4
+    assert {k: v["status"] for k, v in first["stages"].items()} == {
+        "tokenize": "skipped", "pretrain": "skipped", "train": "ran", "evaluate": "ran"}
+    assert first["stages"]["train"]["report"]["resumed_after_epoch"] == 1  # it went on from epoch 1
     assert 0 <= first["stages"]["evaluate"]["report"]["bleu"] <= 100
+    run = Run.at(tmp_path / "run")
+    resumed = _weights(run)
 
     again = json.loads(cli("pipeline", "--config", config).stdout)
     assert [s["status"] for s in again["stages"].values()] == ["skipped"] * 4
 
     # a stage rerun by hand outdates the stages after it
-
-    run = Run.at(tmp_path / "run")
     manifest = run.manifest("train")
     with run.writing("train", from_current=True) as stage:
         stage.finish(manifest["config"], {k: v["path"] for k, v in manifest["inputs"].items()},
@@ -61,13 +70,19 @@ def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_co
     rewritten = json.loads(cli("pipeline", "--config", config).stdout)
     assert [s["status"] for s in rewritten["stages"].values()] == ["skipped"] * 3 + ["ran"]
 
-    config = _config(tmp_path, toy_corpus, epochs=2)  # a train setting changed
+    forced = json.loads(cli("pipeline", "--config", config, "--force").stdout)  # uninterrupted this time
+    assert [s["status"] for s in forced["stages"].values()] == ["ran"] * 4
+    for got, want in zip(_weights(run), resumed, strict=True):
+        np.testing.assert_array_equal(got, want)  # the resumed training ended as this one did
+
+    config = _config(tmp_path, toy_corpus, epochs=1)  # a train setting changed
     changed = json.loads(cli("pipeline", "--config", config).stdout)
     assert {k: v["status"] for k, v in changed["stages"].items()} == {
         "tokenize": "skipped", "pretrain": "skipped", "train": "ran", "evaluate": "ran"}
 
-    forced = json.loads(cli("pipeline", "--config", config, "--force").stdout)
-    assert [s["status"] for s in forced["stages"].values()] == ["ran"] * 4
+
+def _weights(run: Run) -> list:
+    return keras.saving.load_model(run.path("train", "model.keras"), compile=False).get_weights()
 
 
 def test_unknown_config_key_names_the_valid_ones(tmp_path):
