@@ -37,8 +37,8 @@ def evaluate(runs: Run | Sequence[Run], src: str, ref: str, decode: DecodeConfig
     out = run.begin(stage)
 
     start = time.perf_counter()
-    hypotheses = [h.text for h in progress(translator.translate(sources, decode), "translating",
-                                           total=len(sources), unit="sent")]
+    hyps = list(progress(translator.translate(sources, decode), "translating", total=len(sources), unit="sent"))
+    hypotheses = [h.text for h in hyps]
     decode_s = time.perf_counter() - start
     scores = bleu.score(hypotheses, references, tokenize=config.tokenize)
 
@@ -51,6 +51,7 @@ def evaluate(runs: Run | Sequence[Run], src: str, ref: str, decode: DecodeConfig
         "scores": scores,
         "decode": asdict(decode),
         "sentences": len(sources),
+        "sources_cut": sum(h.cut for h in hyps),  # longer than decode.max_input_tokens pieces
         "decode_s": round(decode_s, 2),
         "sentences_per_s": round(len(sources) / decode_s, 1),
         "src": str(src),
