@@ -93,9 +93,16 @@ def _print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, ensure_ascii=False, indent=2))
 
 
+def _run(path: str):
+    """The run directory `--run` names (kept a str: Typer turns an empty Path into `.`)."""
+    from pipeline.artifacts import Run
+
+    return Run.at(path)
+
+
 @app.command()
 def split(
-    run: Path = RunOpt,
+    run: str = RunOpt,
     tsv: Optional[Path] = typer.Option(None, help="Tab-separated pairs, e.g. the Tatoeba export."),
     src: Optional[Path] = typer.Option(None, help="Source-language text instead of --tsv, one sentence a line."),
     tgt: Optional[Path] = typer.Option(None, help="Target-language text, line-aligned with --src."),
@@ -106,12 +113,11 @@ def split(
     seed: int = typer.Option(_S.seed, help="Salts the source-sentence hash that decides each pair's side."),
 ):
     """Hold out dev and test sets from one corpus file: RUN/split/{train,dev,test}.{src,tgt}."""
-    from pipeline.artifacts import Run
     from pipeline.config import SplitConfig
     from pipeline.split import split as stage
 
     def go():
-        return stage(Run.at(run), SplitConfig(dev=dev, test=test, seed=seed), src=src and str(src),
+        return stage(_run(run), SplitConfig(dev=dev, test=test, seed=seed), src=src and str(src),
                      tgt=tgt and str(tgt), tsv=tsv and str(tsv), tsv_src_col=src_col, tsv_tgt_col=tgt_col)
 
     _print_json(_guard(go))
@@ -119,7 +125,7 @@ def split(
 
 @app.command()
 def tokenize(
-    run: Path = RunOpt,
+    run: str = RunOpt,
     src: Optional[Path] = typer.Option(None, help="Source-language training text, one sentence a line."),
     tgt: Optional[Path] = typer.Option(None, help="Target-language training text, line-aligned with --src."),
     tsv: Optional[Path] = typer.Option(None, help="Tab-separated pairs instead of --src/--tgt."),
@@ -136,14 +142,13 @@ def tokenize(
     """Train SentencePiece models for both languages and encode the training pairs."""
     from pipeline.config import TokenizeConfig
     from pipeline.data import guess_lang
-    from pipeline.artifacts import Run
     from pipeline import tokenize as stage
 
     def go():
         config = TokenizeConfig(model_type=model_type, vocab_size=vocab_size,
                                 character_coverage=character_coverage, max_tokens=max_tokens, seed=seed)
         return stage.tokenize(
-            Run.at(run), config, src=src and str(src), tgt=tgt and str(tgt), tsv=tsv and str(tsv),
+            _run(run), config, src=src and str(src), tgt=tgt and str(tgt), tsv=tsv and str(tsv),
             tsv_src_col=src_col, tsv_tgt_col=tgt_col,
             src_lang=src_lang or guess_lang(src, "ja"), tgt_lang=tgt_lang or guess_lang(tgt, "en"),
         )
@@ -153,7 +158,7 @@ def tokenize(
 
 @app.command()
 def pretrain(
-    run: Path = RunOpt,
+    run: str = RunOpt,
     dim: int = typer.Option(_P.dim, help="Vector size; must equal train's --embed-dim to be used."),
     window: int = typer.Option(_P.window, help="Largest context distance (sampled per word, as word2vec does)."),
     negatives: int = typer.Option(_P.negatives, help="Negative samples per (centre, context) pair."),
@@ -166,7 +171,6 @@ def pretrain(
     seed: int = typer.Option(_P.seed),
 ):
     """Train word2vec (skip-gram, negative sampling) embeddings of each side's pieces."""
-    from pipeline.artifacts import Run
     from pipeline.config import PretrainConfig
     from pipeline.pretrain import pretrain as stage
 
@@ -176,14 +180,14 @@ def pretrain(
                                 extra_src=extra_src and str(extra_src), extra_tgt=extra_tgt and str(extra_tgt),
                                 seed=seed)
         config.validate()
-        return stage(Run.at(run), config)
+        return stage(_run(run), config)
 
     _print_json(_guard(go))
 
 
 @app.command()
 def train(
-    run: Path = RunOpt,
+    run: str = RunOpt,
     dev_src: Optional[Path] = typer.Option(None, help="Dev source text (default: hold out 500 training pairs)."),
     dev_tgt: Optional[Path] = typer.Option(None, help="Dev target text, line-aligned with --dev-src."),
     epochs: int = typer.Option(_Tr.epochs, help="Most epochs; early stopping may end sooner."),
@@ -207,7 +211,7 @@ def train(
     tie_embeddings: bool = typer.Option(_M.tie_embeddings, help="Share the target embedding with the output layer."),
     pretrained: bool = typer.Option(_Tr.pretrained, help="Initialise embeddings from the pretrain stage if it ran."),
     freeze_embeddings: bool = typer.Option(_Tr.freeze_embeddings, help="Keep pretrained embeddings fixed."),
-    bleu_tokenize: str = typer.Option("13a", help="sacreBLEU tokenisation for the dev BLEU."),
+    bleu_tokenize: str = typer.Option("13a", help="sacreBLEU tokenisation for the dev BLEU: none, 13a, intl, ..."),
     precision: str = typer.Option(_Tr.precision, help="float32, mixed_float16 (GPU) or mixed_bfloat16."),
     resume: Optional[bool] = typer.Option(
         None, "--resume/--restart",
@@ -216,11 +220,13 @@ def train(
     seed: int = typer.Option(_Tr.seed),
 ):
     """Train the encoder-decoder with Bahdanau attention; keep the best model by dev BLEU."""
-    from pipeline.artifacts import Run
-    from pipeline.config import ModelConfig, TrainConfig
+    from pipeline.config import BLEU_TOKENIZERS, ModelConfig, TrainConfig
+    from pipeline.errors import ConfigError
     from pipeline.train import train as stage
 
     def go():
+        if bleu_tokenize not in BLEU_TOKENIZERS:  # before training, not at the first dev BLEU
+            raise ConfigError(f"--bleu-tokenize must be one of {', '.join(BLEU_TOKENIZERS)}; got {bleu_tokenize!r}")
         model = ModelConfig(cell=cell, embed_dim=embed_dim, units=units, layers=layers, dropout=dropout,
                             tie_embeddings=tie_embeddings)
         config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
@@ -229,7 +235,7 @@ def train(
                              pretrained=pretrained, freeze_embeddings=freeze_embeddings,
                              time_budget=time_budget, keep_checkpoints=keep_checkpoints,
                              average_checkpoints=average_checkpoints, precision=precision, seed=seed)
-        return stage(Run.at(run), model, config, dev_src=dev_src and str(dev_src),
+        return stage(_run(run), model, config, dev_src=dev_src and str(dev_src),
                      dev_tgt=dev_tgt and str(dev_tgt), resume=resume, bleu_tokenize=bleu_tokenize)
 
     _print_json(_guard(go))
@@ -237,29 +243,31 @@ def train(
 
 @app.command()
 def average(
-    run: Path = RunOpt,
+    run: str = RunOpt,
     last: int = typer.Option(_Tr.average_checkpoints, help="How many of the last epoch checkpoints to average."),
     dev_src: Optional[Path] = typer.Option(None, help="Dev source (default: the one training used)."),
     dev_tgt: Optional[Path] = typer.Option(None, help="Dev target (default: the one training used)."),
 ):
     """Average a trained run's last checkpoints; keep the result if its dev BLEU is higher."""
-    from pipeline.artifacts import Run
     from pipeline.average import average_run
 
-    _print_json(_guard(lambda: average_run(Run.at(run), last, dev_src=dev_src and str(dev_src),
+    _print_json(_guard(lambda: average_run(_run(run), last, dev_src=dev_src and str(dev_src),
                                            dev_tgt=dev_tgt and str(dev_tgt))))
 
 
-def _decode_config(greedy: bool, beam: int, sample: bool, temperature: float, top_k: int,
-                   length_penalty: float, n_best: int, batch_size: int, seed: int):
+def _decode_config(ctx: typer.Context, greedy: bool, beam: int, sample: bool, temperature: float, top_k: int,
+                   length_penalty: float, n_best: int, batch_size: int, max_input_tokens: int, seed: int):
     from pipeline.config import DecodeConfig
     from pipeline.errors import ConfigError
 
-    if greedy and sample:
-        raise ConfigError("choose one of --greedy, --sample or --beam")
+    beam_given = ctx.get_parameter_source("beam").name != "DEFAULT"  # typer's own click: compare by name
+    chosen = [name for name, on in (("--greedy", greedy), ("--sample", sample), ("--beam", beam_given)) if on]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} conflict: choose one of --greedy, --sample or --beam")
     strategy = "greedy" if greedy else "sample" if sample else "beam"
     config = DecodeConfig(strategy=strategy, beam=beam, length_penalty=length_penalty, temperature=temperature,
-                          top_k=top_k, batch_size=batch_size, n_best=n_best, seed=seed)
+                          top_k=top_k, batch_size=batch_size, n_best=n_best, max_input_tokens=max_input_tokens,
+                          seed=seed)
     config.validate()
     return config
 
@@ -268,14 +276,17 @@ GreedyOpt = typer.Option(False, "--greedy", help="Greedy search.")
 BeamOpt = typer.Option(_D.beam, "--beam", help="Beam size (the default strategy).")
 SampleOpt = typer.Option(False, "--sample", help="Sample from the model instead of searching.")
 TemperatureOpt = typer.Option(_D.temperature, help="Sampling temperature.")
-TopKOpt = typer.Option(_D.top_k, help="Sample among the k likeliest pieces (0: all).")
+TopKOpt = typer.Option(_D.top_k, help="Sample among the k likeliest pieces (0, or more than the vocabulary: all).")
 LengthPenaltyOpt = typer.Option(_D.length_penalty, help="Beam scores are log p / length**alpha.")
 DecodeBatchOpt = typer.Option(_D.batch_size, "--batch-size", help="Sentences decoded together.")
+MaxInputTokensOpt = typer.Option(_D.max_input_tokens, help="A line longer than this many SentencePiece pieces "
+                                 "is cut to them; a warning counts the cut lines.")
 
 
 @app.command()
 def translate(
-    run: list[Path] = RunsOpt,
+    ctx: typer.Context,
+    run: list[str] = RunsOpt,
     input: Path = typer.Option(Path("-"), "--input", "-i", help="Source text, one sentence a line; - for stdin."),
     output: Path = typer.Option(Path("-"), "--output", "-o", help="Where translations go; - for stdout."),
     greedy: bool = GreedyOpt,
@@ -286,12 +297,13 @@ def translate(
     length_penalty: float = LengthPenaltyOpt,
     n_best: int = typer.Option(_D.n_best, help="With --format jsonl: the n best hypotheses of the beam."),
     batch_size: int = DecodeBatchOpt,
+    max_input_tokens: int = MaxInputTokensOpt,
     format: str = typer.Option("text", "--format", help="text, or jsonl (translation, score, ...)."),
     attention: bool = typer.Option(False, help="With --format jsonl: include attention weights."),
     seed: int = typer.Option(_D.seed, help="Seed for --sample."),
 ):
     """Translate sentences, one per line, keeping the order; an empty line stays empty."""
-    from pipeline.artifacts import Run, atomic_path
+    from pipeline.artifacts import atomic_path
     from pipeline.data import read_lines
     from pipeline.errors import ConfigError
     from pipeline.translate import Translator
@@ -301,8 +313,11 @@ def translate(
             raise ConfigError(f"--format must be text or jsonl; got {format!r}")
         if (attention or n_best > 1) and format != "jsonl":
             raise ConfigError("--attention and --n-best need --format jsonl")
-        config = _decode_config(greedy, beam, sample, temperature, top_k, length_penalty, n_best, batch_size, seed)
-        translator = Translator.load([Run.at(r) for r in run])
+        if str(output) != "-" and output.is_dir():  # found out now, not after translating everything
+            raise ConfigError(f"--output {output} is a directory; give a file name")
+        config = _decode_config(ctx, greedy, beam, sample, temperature, top_k, length_penalty, n_best, batch_size,
+                                max_input_tokens, seed)
+        translator = Translator.load([_run(r) for r in run])
         lines = read_lines(input)
         if str(input) != "-":
             lines = list(lines)  # read it all first: a bad file fails before any output
@@ -327,7 +342,8 @@ def translate(
 
 @app.command()
 def evaluate(
-    run: list[Path] = RunsOpt,
+    ctx: typer.Context,
+    run: list[str] = RunsOpt,
     src: Path = typer.Option(..., help="Test source text."),
     ref: Path = typer.Option(..., help="Reference translations, line-aligned with --src."),
     tokenize: str = typer.Option("none", help="BLEU tokenisation: none (pre-tokenised data) or 13a (raw text), ..."),
@@ -335,16 +351,16 @@ def evaluate(
     beam: int = BeamOpt,
     length_penalty: float = LengthPenaltyOpt,
     batch_size: int = DecodeBatchOpt,
+    max_input_tokens: int = MaxInputTokensOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the whole report (with hypotheses) as JSON."),
 ):
     """Translate a test set and score it: BLEU (nltk and sacreBLEU, same tokens) and chrF."""
-    from pipeline.artifacts import Run
     from pipeline.config import EvaluateConfig
     from pipeline.evaluate import evaluate as stage
 
     def go():
-        config = _decode_config(greedy, beam, False, 1.0, 0, length_penalty, 1, batch_size, 0)
-        return stage([Run.at(r) for r in run], str(src), str(ref), config, EvaluateConfig(tokenize=tokenize))
+        config = _decode_config(ctx, greedy, beam, False, 1.0, 0, length_penalty, 1, batch_size, max_input_tokens, 0)
+        return stage([_run(r) for r in run], str(src), str(ref), config, EvaluateConfig(tokenize=tokenize))
 
     report = _guard(go)
     if as_json:
@@ -356,15 +372,16 @@ def evaluate(
 
 @app.command()
 def score(
-    run: list[Path] = RunsOpt,
+    run: list[str] = RunsOpt,
     src: Path = typer.Option(..., help="Source sentences, one a line."),
     tgt: Path = typer.Option(..., help="Target sentences to score, line-aligned with --src."),
     format: str = typer.Option("text", "--format",
                                help="text: one log-probability a line; jsonl: with per-piece scores."),
     batch_size: int = DecodeBatchOpt,
+    max_input_tokens: int = MaxInputTokensOpt,
 ):
     """Log-probability of each target sentence given its source under the model (or ensemble)."""
-    from pipeline.artifacts import Run
+    from pipeline.config import DecodeConfig
     from pipeline.data import read_parallel
     from pipeline.errors import ConfigError
     from pipeline.score import Scorer
@@ -372,11 +389,10 @@ def score(
     def go():
         if format not in ("text", "jsonl"):
             raise ConfigError(f"--format must be text or jsonl; got {format!r}")
-        if batch_size < 1:
-            raise ConfigError("--batch-size must be >= 1")
-        scorer = Scorer.load([Run.at(r) for r in run])
+        DecodeConfig(batch_size=batch_size, max_input_tokens=max_input_tokens).validate()
+        scorer = Scorer.load([_run(r) for r in run])
         pairs = list(read_parallel(src, tgt))  # a bad file fails before any output
-        for result in scorer.score(pairs, batch_size=batch_size):
+        for result in scorer.score(pairs, batch_size=batch_size, max_tokens=max_input_tokens):
             line = (f"{result.log_prob:.4f}" if format == "text"
                     else json.dumps(result.to_json(), ensure_ascii=False))
             sys.stdout.write(line + "\n")

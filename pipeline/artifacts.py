@@ -105,12 +105,9 @@ class Run:
 
     @classmethod
     def at(cls, path: str | Path) -> "Run":
-        if not str(path).strip():
-            raise StageError("the run directory is an empty path", hint="give --run saved_models/NAME")
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise StageError(f"the run directory {path} is a file, not a directory")
-        return cls(path)
+        from pipeline.config import run_directory
+
+        return cls(run_directory(path))
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage

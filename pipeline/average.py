@@ -53,20 +53,39 @@ def try_average(model: Seq2Seq, translator, paths: list[Path], dev: DevSet, deco
 
 
 def average_run(run: Run, last: int, dev_src: str | None = None, dev_tgt: str | None = None) -> dict[str, Any]:
-    """Average a finished run's last `last` checkpoints (`python cli.py average`)."""
+    """Average a finished run's last `last` checkpoints (`python cli.py average`). The dev set is the
+    one given, else the one training recorded, if its files still hash as recorded."""
+    import h5py
+
+    from pipeline.artifacts import STAGE_COMMAND, sha256
+    from pipeline.errors import ConfigError, first_line
     from pipeline.translate import Translator
 
+    if last < 2:
+        raise ConfigError(f"averaging needs 2 or more checkpoints; got --last {last}")
+    if bool(dev_src) != bool(dev_tgt):
+        raise ConfigError("give both --dev-src and --dev-tgt, or neither")
     manifest = run.verify(STAGE, [BEST], needed_by="average")
     paths = epoch_checkpoints(run.stage_dir(STAGE))[-last:]
     if len(paths) < 2:
         raise StageError(f"{run.root} has {len(paths)} epoch checkpoint(s); averaging needs 2 or more",
                          hint="train with --keep-checkpoints N (N >= 2)")
+    for path in paths:  # not in the manifest: check each opens before any work
+        try:
+            h5py.File(path, "r").close()
+        except OSError as e:
+            raise StageError(f"{path} is not a readable checkpoint ({first_line(e)})",
+                             hint=f"rerun `{STAGE_COMMAND[STAGE]} --run {run.root}`") from None
     recorded = manifest.get("inputs", {})
-    dev_src = dev_src or recorded.get("dev_src", {}).get("path")
-    dev_tgt = dev_tgt or recorded.get("dev_tgt", {}).get("path")
-    if not (dev_src and dev_tgt):
-        raise StageError(f"{run.root} was trained on a held-out part of its training data",
-                         hint="give --dev-src and --dev-tgt")
+    if not dev_src:
+        if not {"dev_src", "dev_tgt"} <= set(recorded):
+            raise StageError(f"{run.root} was trained on a held-out part of its training data",
+                             hint="give --dev-src and --dev-tgt")
+        for entry in (recorded["dev_src"], recorded["dev_tgt"]):
+            if not Path(entry["path"]).is_file() or sha256(entry["path"]) != entry.get("sha256"):
+                raise StageError(f"the dev set file {entry['path']} is missing or differs from the one "
+                                 "training recorded", hint="give --dev-src and --dev-tgt")
+        dev_src, dev_tgt = recorded["dev_src"]["path"], recorded["dev_tgt"]["path"]
     pairs = list(read_parallel(dev_src, dev_tgt))
     dev = DevSet([s for s, _ in pairs], [t for _, t in pairs])
     translator = Translator.load(run, needed_by="average")

@@ -26,8 +26,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline.artifacts import Run, atomic_path
-from pipeline.errors import StageError
+from pipeline.artifacts import STAGE_COMMAND, Run, atomic_path
+from pipeline.errors import StageError, first_line
 from pipeline.model import Seq2Seq
 from pipeline.tokenize import SIDES
 
@@ -55,7 +55,15 @@ def load_best_model(run: Run, needed_by: str) -> Seq2Seq:
                 f"the model in {run.root} was trained with another tokenizer than the run's current one",
                 hint=f"rerun `python cli.py train --run {run.root}`",
             )
-    return keras.saving.load_model(run.path(STAGE, BEST), compile=False)
+    path = run.path(STAGE, BEST)
+    rerun = f"rerun `{STAGE_COMMAND[STAGE]} --run {run.root}`"
+    try:
+        model = keras.saving.load_model(path, compile=False)  # safe mode: no Lambda layers, no pickles
+    except Exception as e:  # Keras raises ValueError, TypeError, OSError, ... for a bad file
+        raise StageError(f"{path} cannot be loaded ({first_line(e)})", hint=rerun) from None
+    if not isinstance(model, Seq2Seq):
+        raise StageError(f"{path} holds a {type(model).__name__}, not this project's Seq2Seq model", hint=rerun)
+    return model
 
 
 def epoch_checkpoints(directory: Path) -> list[Path]:

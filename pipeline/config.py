@@ -8,7 +8,9 @@ directory keeps a JSON copy of the config each stage ran with.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +21,7 @@ from pipeline.errors import ConfigError
 # below 1.0 there, or rare characters each take a vocabulary slot.
 _CJK = {"ja", "zh", "ko", "th"}
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+BLEU_TOKENIZERS = ("none", "13a", "intl", "char", "ja-mecab", "zh")  # sacreBLEU's, as evaluate and train use them
 
 
 def default_character_coverage(lang: str) -> float:
@@ -55,6 +58,7 @@ class TokenizeConfig:
     seed: int = 1234
 
     def validate(self) -> None:
+        _finite(self, "tokenize")
         _choice("tokenize.model_type", self.model_type, ("unigram", "bpe", "char"))
         _positive("tokenize.vocab_size", self.vocab_size, minimum=8)
         _positive("tokenize.max_tokens", self.max_tokens)
@@ -76,6 +80,7 @@ class PretrainConfig:
     seed: int = 1234
 
     def validate(self) -> None:
+        _finite(self, "pretrain")
         for name in ("dim", "window", "negatives", "epochs", "batch_size"):
             _positive(f"pretrain.{name}", getattr(self, name))
         if not 0 <= self.subsample < 1:
@@ -95,6 +100,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # share the target embedding with the output projection
 
     def validate(self) -> None:
+        _finite(self, "model")
         _choice("model.cell", self.cell, ("gru", "lstm"))
         for name in ("embed_dim", "units", "layers", "attention_units"):
             _positive(f"model.{name}", getattr(self, name))
@@ -130,6 +136,7 @@ class TrainConfig:
         return DecodeConfig(strategy="beam" if self.dev_beam > 1 else "greedy", beam=self.dev_beam)
 
     def validate(self) -> None:
+        _finite(self, "train")
         _choice("train.precision", self.precision, PRECISIONS)
         for name in ("epochs", "batch_size", "max_len", "dev_beam", "lr_patience"):
             _positive(f"train.{name}", getattr(self, name))
@@ -142,6 +149,8 @@ class TrainConfig:
             raise ConfigError("train.learning_rate and train.clip_norm must be positive")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("train.label_smoothing must be in [0, 1)")
+        if not 0 < self.lr_decay < 1:
+            raise ConfigError(f"train.lr_decay must be in (0, 1); got {self.lr_decay}")
 
 
 @dataclass(frozen=True)
@@ -154,12 +163,19 @@ class DecodeConfig:
     top_k: int = 0  # 0 = sample from the whole distribution
     batch_size: int = 128  # sentences decoded together; 64 -> 128: +8% greedy, +19% beam 5 here
     n_best: int = 1
+    # a source line longer than this many pieces is cut to it (and counted in a warning), so one
+    # hostile line cannot stall translation; its raw text is cut to 16 characters a piece (the
+    # longest SentencePiece piece) before encoding, which bounds the encoding as well
+    max_input_tokens: int = 256
     seed: int = 1234
 
     def validate(self) -> None:
+        _finite(self, "decode")
         _choice("decode.strategy", self.strategy, ("greedy", "beam", "sample"))
-        for name in ("beam", "batch_size", "n_best"):
+        for name in ("beam", "batch_size", "n_best", "max_input_tokens"):
             _positive(f"decode.{name}", getattr(self, name))
+        if self.max_len_ratio <= 0:
+            raise ConfigError("decode.max_len_ratio must be positive")
         if self.n_best > self.beam and self.strategy == "beam":
             raise ConfigError(f"decode.n_best ({self.n_best}) cannot exceed the beam ({self.beam})")
         if self.temperature <= 0:
@@ -173,7 +189,7 @@ class EvaluateConfig:
     tokenize: str = "none"  # sacreBLEU tokeniser: none for pre-tokenised data, 13a for raw text
 
     def validate(self) -> None:
-        _choice("evaluate.tokenize", self.tokenize, ("none", "13a", "intl", "char", "ja-mecab", "zh"))
+        _choice("evaluate.tokenize", self.tokenize, BLEU_TOKENIZERS)
 
 
 @dataclass(frozen=True)
@@ -210,6 +226,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def validate(self) -> None:
+        run_directory(self.run)
         for f in fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
@@ -232,16 +249,16 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]}; valid keys: {', '.join(sorted(known))}"
         )
-    defaults = cls()  # every config class has a default for each field
+    kinds = typing.get_type_hints(cls)  # each field's annotated type: int, float | None, DataConfig, ...
     kwargs = {}
     for name, value in values.items():
-        default = getattr(defaults, name)
-        if dataclasses.is_dataclass(default):
+        kind = kinds[name]
+        if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
                 raise ConfigError(f"config section [{name}] must be a table")
-            value = from_dict(type(default), value, where=name)
+            value = from_dict(kind, value, where=name)
         else:
-            value = _coerce(f"{where}.{name}" if where else name, value, default)
+            value = _coerce(f"{where}.{name}" if where else name, value, kind)
         kwargs[name] = value
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
@@ -250,37 +267,62 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    from pipeline.data import read_lines
+
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    text = "\n".join(read_lines(path))  # one-line errors for a directory or bytes that are not UTF-8
     try:
-        with path.open("rb") as f:
-            values = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     return from_dict(PipelineConfig, values)
+
+
+def run_directory(path: str | Path) -> Path:
+    """`path` as a run directory, refusing an empty path (the working directory) and a file."""
+    if not str(path).strip():
+        raise ConfigError("the run directory is an empty path", hint="give one, e.g. --run saved_models/NAME")
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"the run directory {path} is a file", hint="give a directory, e.g. saved_models/NAME")
+    return Path(path)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    if default is None or value is None:
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    """`value` checked against the field's annotated type: bool, int, float or str, maybe `| None`."""
+    allowed = typing.get_args(kind) or (kind,)
+    if value is None and type(None) in allowed:
         return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}")
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        value = float(value)
-    elif isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{name} must be a string, got {value!r}")
-    return value
+    if bool in allowed:
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif int in allowed:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "an integer"
+    elif float in allowed:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        expected = "a number"
+    else:
+        if isinstance(value, str):
+            return value
+        expected = "a string"
+    raise ConfigError(f"{name} must be {expected}, got {value!r}")
+
+
+def _finite(config: Any, section: str) -> None:
+    """Every float setting must be a number: NaN passes every range check, and inf means nothing."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{f.name} must be a finite number; got {value}")
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO, TypeVar
+from typing import BinaryIO, Iterable, Iterator, TypeVar
 
 from pipeline.errors import InputError
 
@@ -12,29 +12,37 @@ T = TypeVar("T")
 
 
 def read_lines(path: str | Path) -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file without their line endings. `-` reads stdin."""
+    """Yield the lines of a UTF-8 text file without their line endings. `-` reads stdin.
+
+    Lines end at `\n` only (a `\r` before it, or at the end of the file, is dropped), and each
+    line is decoded on its own, so stdin and files split alike and an error names its line.
+    """
     if str(path) == "-":
-        yield from _lines(sys.stdin, "<stdin>")
+        yield from _lines(sys.stdin.buffer, "<stdin>")
         return
     path = Path(path)
     if not path.exists():
         raise InputError(f"file not found: {path}")
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a text file")
-    with path.open("r", encoding="utf-8", newline="") as f:
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    with f:
         yield from _lines(f, str(path))
 
 
-def _lines(stream: TextIO, name: str) -> Iterator[str]:
-    number = 0
-    try:
-        for number, line in enumerate(stream, 1):
-            yield line.rstrip("\r\n")
-    except UnicodeDecodeError as e:
-        raise InputError(
-            f"{name} is not valid UTF-8 (line {number + 1}, byte {e.start})",
-            hint="convert it first, e.g. `iconv -f SHIFT_JIS -t UTF-8`",
-        ) from None
+def _lines(stream: BinaryIO, name: str) -> Iterator[str]:
+    for number, raw in enumerate(stream, 1):
+        try:
+            line = raw.rstrip(b"\r\n").decode("utf-8")
+        except UnicodeDecodeError as e:  # byte counts from 1 within the line, as the line number does
+            raise InputError(
+                f"{name} is not valid UTF-8 (line {number}, byte {e.start + 1})",
+                hint="convert it first, e.g. `iconv -f SHIFT_JIS -t UTF-8`",
+            ) from None
+        yield line
 
 
 def read_parallel(src: str | Path, tgt: str | Path) -> Iterator[tuple[str, str]]:

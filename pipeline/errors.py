@@ -23,3 +23,9 @@ class ConfigError(PipelineError):
 
 class StageError(PipelineError):
     """A run directory lacks a stage's output, or holds outputs that do not match."""
+
+
+def first_line(error: BaseException) -> str:
+    """A foreign exception (Keras, NumPy, SentencePiece, h5py) as one short line, to quote in ours."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

@@ -42,8 +42,8 @@ def _evaluate(run: Run, stage: str, runs: list[Run], translator: Translator, sou
               references: list[str], decode: DecodeConfig, config: EvaluateConfig, src: str,
               ref: str) -> dict[str, Any]:
     start = time.perf_counter()
-    hypotheses = [h.text for h in progress(translator.translate(sources, decode), "translating",
-                                           total=len(sources), unit="sent")]
+    hyps = list(progress(translator.translate(sources, decode), "translating", total=len(sources), unit="sent"))
+    hypotheses = [h.text for h in hyps]
     decode_s = time.perf_counter() - start
     scores = bleu.score(hypotheses, references, tokenize=config.tokenize)
 
@@ -56,6 +56,7 @@ def _evaluate(run: Run, stage: str, runs: list[Run], translator: Translator, sou
         "scores": scores,
         "decode": asdict(decode),
         "sentences": len(sources),
+        "sources_cut": sum(h.cut for h in hyps),  # longer than decode.max_input_tokens pieces
         "decode_s": round(decode_s, 2),
         "sentences_per_s": round(len(sources) / decode_s, 1),
         "src": str(src),

@@ -111,7 +111,15 @@ def load_pretrained(run: Run, side: str) -> np.ndarray | None:
             f"than the run's current one",
             hint=f"rerun `{STAGE_COMMAND[STAGE]} --run {run.root}`",
         )
-    return np.load(run.path(STAGE, name))
+    path = run.path(STAGE, name)
+    try:
+        vectors = np.load(path, allow_pickle=False)  # a pickled object would run code as it loads
+        if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.floating):
+            raise ValueError(f"expected a (pieces, dim) float array, got {vectors.dtype} of shape {vectors.shape}")
+    except (OSError, ValueError, EOFError) as e:
+        raise StageError(f"{path} is not a readable vector file ({type(e).__name__}: {e})",
+                         hint=f"rerun `{STAGE_COMMAND[STAGE]} --run {run.root}`") from None
+    return vectors
 
 
 def nearest_neighbours(vectors: np.ndarray, counts: np.ndarray, sp: spm.SentencePieceProcessor,

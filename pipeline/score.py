@@ -16,9 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.artifacts import Run
+from pipeline.config import DecodeConfig
 from pipeline.ensemble import Ensemble
 from pipeline.tokenize import BOS, EOS, PAD
-from pipeline.translate import CHUNK, load_models, pad
+from pipeline.translate import CHUNK, encode_line, load_models, pad, warn_cut
 
 
 @dataclass
@@ -52,12 +53,18 @@ class Scorer:
         processors, models = load_models(runs, needed_by)
         return cls(models, processors["src"], processors["tgt"])
 
-    def score(self, pairs: Iterable[tuple[str, str]], batch_size: int = 64) -> Iterator[PairScore]:
-        """Scores in input order. An empty source is scored as the bare </s> it encodes to."""
+    def score(self, pairs: Iterable[tuple[str, str]], batch_size: int = 64,
+              max_tokens: int = DecodeConfig.max_input_tokens) -> Iterator[PairScore]:
+        """Scores in input order. An empty source is scored as the bare </s> it encodes to. A side
+        longer than `max_tokens` pieces is cut to them (and the pair counted in a warning)."""
         pairs = iter(pairs)
+        cut = 0
         while chunk := list(itertools.islice(pairs, CHUNK)):
-            src = [self.sp_src.encode(" ".join(s.split())) + [EOS] for s, _ in chunk]
-            tgt = [self.sp_tgt.encode(" ".join(t.split())) for _, t in chunk]
+            encoded = [(encode_line(self.sp_src, s, max_tokens), encode_line(self.sp_tgt, t, max_tokens))
+                       for s, t in chunk]
+            src = [s_ids + [EOS] for (s_ids, _), _ in encoded]
+            tgt = [t_ids for _, (t_ids, _) in encoded]
+            cut += sum(s_cut or t_cut for (_, s_cut), (_, t_cut) in encoded)
             results: list[PairScore | None] = [None] * len(chunk)
             order = sorted(range(len(chunk)), key=lambda i: (len(src[i]), len(tgt[i])))
             for start in range(0, len(order), batch_size):
@@ -71,3 +78,4 @@ class Scorer:
                     pieces = [self.sp_tgt.id_to_piece(j) for j in tgt[i]] + ["</s>"]
                     results[i] = PairScore(float(values.sum()), pieces, values.tolist())
             yield from results
+        warn_cut(cut, max_tokens)

@@ -8,6 +8,7 @@ Outputs in `RUN/tokenize/`: `spm.src.model`, `spm.tgt.model` (and their `.vocab`
 from __future__ import annotations
 
 import re
+import zipfile
 from array import array
 from dataclasses import asdict
 from pathlib import Path
@@ -16,10 +17,10 @@ from typing import Any, Iterable
 import numpy as np
 import sentencepiece as spm
 
-from pipeline.artifacts import Run, atomic_path
+from pipeline.artifacts import STAGE_COMMAND, Run, atomic_path
 from pipeline.config import TokenizeConfig, default_character_coverage
 from pipeline.data import batched, normalise_space, read_corpus
-from pipeline.errors import InputError, PipelineError
+from pipeline.errors import InputError, PipelineError, StageError, first_line
 from pipeline.progress import log, progress
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -66,6 +67,9 @@ def _tokenize_into(out: Path, pairs: Iterable[tuple[str, str]], config: Tokenize
             report[side] = _train_spm(clean[side], out / f"spm.{side}", langs[side], config)
         processors = {side: load_processor(out / f"spm.{side}.model") for side in SIDES}
         kept, too_long = _encode(clean, processors, out / "train.npz", config.max_tokens)
+        if kept == 0:
+            raise InputError(f"no usable sentence pairs: every pair has more than {config.max_tokens} pieces "
+                             "on a side", hint="raise --max-tokens")
     finally:
         for path in clean.values():
             path.unlink(missing_ok=True)
@@ -198,7 +202,13 @@ def _encode(clean: dict[str, Path], processors: dict[str, spm.SentencePieceProce
 
 
 def load_processor(path: str | Path) -> spm.SentencePieceProcessor:
-    return spm.SentencePieceProcessor(model_file=str(path))
+    """A SentencePiece model, refusing a corrupt or truncated file with one line (`path` is
+    RUN/tokenize/spm.SIDE.model, so the hint names RUN)."""
+    try:
+        return spm.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as e:
+        raise StageError(f"{path} is not a readable SentencePiece model ({first_line(e)})",
+                         hint=f"rerun `{STAGE_COMMAND[STAGE]} --run {Path(path).parent.parent}`") from None
 
 
 def load_tokenizers(run: Run, needed_by: str) -> tuple[dict[str, spm.SentencePieceProcessor], dict]:
@@ -210,9 +220,14 @@ def load_tokenizers(run: Run, needed_by: str) -> tuple[dict[str, spm.SentencePie
 def load_encoded(run: Run, needed_by: str) -> dict[str, list[np.ndarray]]:
     """The encoded training pairs: {"src": [ids, ...], "tgt": [ids, ...]}."""
     run.verify(STAGE, ["train.npz"], needed_by=needed_by)
-    with np.load(run.path(STAGE, "train.npz")) as z:
-        out = {}
-        for side in SIDES:
-            flat, offsets = z[f"{side}_ids"], z[f"{side}_offsets"]
-            out[side] = np.split(flat, offsets[1:-1])
+    path = run.path(STAGE, "train.npz")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {}
+            for side in SIDES:
+                flat, offsets = z[f"{side}_ids"], z[f"{side}_offsets"]
+                out[side] = np.split(flat, offsets[1:-1])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise StageError(f"{path} is not a readable encoded corpus ({first_line(e)})",
+                         hint=f"rerun `{STAGE_COMMAND[STAGE]} --run {run.root}`") from None
     return out

@@ -29,7 +29,7 @@ from pipeline import faults
 from pipeline.artifacts import Run, atomic_path, sha256, write_json_atomic, write_text_atomic
 from pipeline.average import try_average
 from pipeline.checkpoints import BEST, CHECKPOINTS, Backup, epoch_checkpoints, save_for_inference
-from pipeline.config import DecodeConfig, EvaluateConfig, ModelConfig, TrainConfig
+from pipeline.config import EvaluateConfig, ModelConfig, TrainConfig
 from pipeline.data import read_parallel
 from pipeline.errors import InputError, StageError
 from pipeline.evaluate import DevSet
