@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from pipeline import faults
 from pipeline.errors import StageError
@@ -95,6 +95,15 @@ def library_versions() -> dict[str, str]:
         if module is not None:
             versions[name] = getattr(module, "__version__", "?")
     return versions
+
+
+class Declaration(NamedTuple):
+    """What a stage's result depends on: its settings and the user's input files. The stage records
+    it in its manifest; `pipeline` compares it with the manifest to skip an up-to-date stage. Each
+    stage module's `declare` makes it, so the two never disagree."""
+
+    settings: dict[str, Any]
+    inputs: dict[str, str | None]  # name -> path; None: not given
 
 
 @dataclass(frozen=True)
@@ -217,14 +226,13 @@ class StageWriter:
         self.run, self.stage, self.dir = run, stage, directory
         self.manifest: dict[str, Any] | None = None
 
-    def finish(self, config: dict[str, Any], inputs: dict[str, str | Path], outputs: list[str],
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(self, declared: Declaration, outputs: list[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record the stage as finished: the manifest, written last. `outputs` are file names
-        inside the stage directory; `inputs` the user's files it read."""
+        inside the stage directory."""
         manifest = {
             "stage": self.stage,
-            "config": config,
-            "inputs": {k: _describe(Path(v)) for k, v in inputs.items()},
+            "config": declared.settings,
+            "inputs": {k: _describe(Path(v)) for k, v in declared.inputs.items() if v is not None},
             "outputs": {name: sha256(self.dir / name) for name in outputs},
             "versions": library_versions(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

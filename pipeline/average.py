@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.artifacts import Run, write_json_atomic
+from pipeline.artifacts import Declaration, Run, write_json_atomic
 from pipeline.checkpoints import BEST, epoch_checkpoints, save_for_inference
 from pipeline.config import DecodeConfig, TrainConfig, from_dict
 from pipeline.data import read_parallel
@@ -99,6 +99,6 @@ def average_run(run: Run, last: int, dev_src: str | None = None, dev_tgt: str | 
             write_json_atomic(stage.dir / "state.json",
                               {**state, "best_bleu": result["dev_bleu"], "averaged": len(paths)})
             report = {**manifest.get("report", {}), "average": result, "best_dev_bleu": result["dev_bleu"]}
-            stage.finish(manifest["config"], {k: v["path"] for k, v in recorded.items()},
+            stage.finish(Declaration(manifest["config"], {k: v["path"] for k, v in recorded.items()}),
                          list(manifest["outputs"]), extra={"tokenizer": manifest["tokenizer"], "report": report})
     return result

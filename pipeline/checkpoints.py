@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.artifacts import STAGE_COMMAND, Run, atomic_path
 from pipeline.errors import StageError, first_line
 from pipeline.model import Seq2Seq
-from pipeline.tokenize import SIDES
+from pipeline.vocab import SIDES
 
 STAGE = "train"
 BEST = "model.keras"

@@ -28,187 +28,176 @@ def default_character_coverage(lang: str) -> float:
     return 0.9995 if lang.split("-")[0].lower() in _CJK else 1.0
 
 
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, low: float | None = None,
+            high: float | None = None, low_open: bool = False, high_open: bool = False, cli: str | None = None) -> Any:
+    """A config field, defined once: its default, its help text (the CLI option's and the TOML key's),
+    and the checks `Section.validate` applies: `choices`, or the bounds `low`/`high` (closed unless
+    `low_open`/`high_open`). `cli` names the command-line option when it is not `--field-name`."""
+    return field(default=default, metadata={"help": help, "choices": choices, "low": low, "high": high,
+                                            "low_open": low_open, "high_open": high_open, "cli": cli})
+
+
+class Section:
+    """A config section (`[train]`, ...): its fields are `setting`s, checked by `validate`; a
+    subclass adds the checks that involve several fields in `check`."""
+
+    SECTION = ""
+
+    def validate(self) -> None:
+        for f in fields(self):
+            _check_field(f"{self.SECTION}.{f.name}", getattr(self, f.name), f.metadata)
+        self.check()
+
+    def check(self) -> None:
+        pass
+
+
 @dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(Section):
     """Held-out sets cut from a corpus that comes as one file (Tatoeba's export, say)."""
 
-    dev: int = 0  # source sentences (with all their translations) held out for dev; 0 = none
-    test: int = 0  # source sentences held out for test; 0 = none. Both 0: no split stage
-    seed: int = 1234  # salts the source-sentence hash that decides each pair's side
+    SECTION = "split"
+    dev: int = setting(0, "Source sentences held out for dev, with all their translations (0: none).", low=0)
+    test: int = setting(0, "Source sentences held out for test, with all their translations (0: none).", low=0)
+    seed: int = setting(1234, "Salts the source-sentence hash that decides each pair's side.")
 
     @property
     def enabled(self) -> bool:
         return self.dev > 0 or self.test > 0
 
-    def validate(self) -> None:
-        _positive("split.dev", self.dev, minimum=0)
-        _positive("split.test", self.test, minimum=0)
+
+@dataclass(frozen=True)
+class TokenizeConfig(Section):
+    SECTION = "tokenize"
+    model_type: str = setting("unigram", "SentencePiece model type.", choices=("unigram", "bpe", "char"))
+    vocab_size: int = setting(4000, "SentencePiece vocabulary size per language.", low=8)
+    character_coverage: float | None = setting(
+        None, "Characters covered by the vocabulary (default: 0.9995 for ja/zh/ko/th, else 1.0).", low=0.9, high=1.0)
+    max_tokens: int = setting(100, "Drop pairs with more pieces than this on either side.", low=1)
+    # Sampling bounds memory as the corpus grows (500k pairs: 396 MB peak instead of 715 MB, half
+    # the time); plenty for vocabularies of a few thousand pieces, raise it for much larger ones.
+    input_sentence_size: int = setting(250_000, "SentencePiece learns its pieces from at most this many "
+                                                "lines per language, sampled.", low=1)
+    seed: int = setting(1234, "Seed of SentencePiece's sampling.")
 
 
 @dataclass(frozen=True)
-class TokenizeConfig:
-    model_type: str = "unigram"  # unigram | bpe | char
-    vocab_size: int = 4000  # per language
-    character_coverage: float | None = None  # None: 0.9995 for CJK languages, else 1.0
-    max_tokens: int = 100  # pairs with more pieces than this on either side are dropped
-    # SentencePiece learns its pieces from at most this many lines per language, sampled: memory
-    # then stays flat as the corpus grows (500k pairs: 396 MB peak instead of 715 MB, half the
-    # time); plenty for vocabularies of a few thousand pieces, raise it for much larger ones.
-    input_sentence_size: int = 250_000
-    seed: int = 1234
-
-    def validate(self) -> None:
-        _finite(self, "tokenize")
-        _choice("tokenize.model_type", self.model_type, ("unigram", "bpe", "char"))
-        _positive("tokenize.vocab_size", self.vocab_size, minimum=8)
-        _positive("tokenize.max_tokens", self.max_tokens)
-        if self.character_coverage is not None and not 0.9 <= self.character_coverage <= 1.0:
-            raise ConfigError("tokenize.character_coverage must be between 0.9 and 1.0")
+class PretrainConfig(Section):
+    SECTION = "pretrain"
+    dim: int = setting(256, "Vector size; must equal train's --embed-dim to be used.", low=1)
+    window: int = setting(5, "Largest context distance (sampled per word, as word2vec does).", low=1)
+    negatives: int = setting(5, "Negative samples per (centre, context) pair.", low=1)
+    epochs: int = setting(5, "Passes over each side's corpus.", low=1)
+    subsample: float = setting(1e-3, "Down-sampling threshold of frequent pieces; 0 disables.", low=0, high=1,
+                               high_open=True)
+    learning_rate: float = setting(0.025, "Start of word2vec's linearly decaying SGD rate (to 1e-4 of it).",
+                                   low=0, low_open=True)
+    batch_size: int = setting(4096, "About this many (centre, context) pairs per step.", low=1)
+    extra_src: str | None = setting(None, "Extra monolingual source-language text, one sentence a line.")
+    extra_tgt: str | None = setting(None, "Extra monolingual target-language text, one sentence a line.")
+    seed: int = setting(1234, "Seed of initialisation and sampling.")
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
-    dim: int = 256
-    window: int = 5  # maximum distance; the effective window is sampled per word (word2vec)
-    negatives: int = 5
-    epochs: int = 5
-    subsample: float = 1e-3  # word2vec's frequent-piece down-sampling threshold; 0 disables it
-    learning_rate: float = 0.025  # linearly decayed to 1e-4 of it, as in word2vec
-    batch_size: int = 4096  # about this many (centre, context) pairs per step
-    extra_src: str | None = None  # optional monolingual text, one sentence a line
-    extra_tgt: str | None = None
-    seed: int = 1234
-
-    def validate(self) -> None:
-        _finite(self, "pretrain")
-        for name in ("dim", "window", "negatives", "epochs", "batch_size"):
-            _positive(f"pretrain.{name}", getattr(self, name))
-        if not 0 <= self.subsample < 1:
-            raise ConfigError("pretrain.subsample must be in [0, 1)")
-        if self.learning_rate <= 0:
-            raise ConfigError("pretrain.learning_rate must be positive")
+class ModelConfig(Section):
+    SECTION = "model"
+    cell: str = setting("gru", "Recurrent cell of encoder and decoder.", choices=("gru", "lstm"))
+    embed_dim: int = setting(256, "Embedding size of both languages' pieces.", low=1)
+    units: int = setting(256, "RNN units (encoder: per direction; decoder).", low=1)
+    layers: int = setting(1, "Bidirectional encoder layers.", low=1)
+    attention_units: int = setting(256, "Size of the additive attention's hidden layer.", low=1)
+    dropout: float = setting(0.2, "Dropout on embeddings, between encoder layers and on the readout.", low=0, high=1,
+                             high_open=True)
+    tie_embeddings: bool = setting(True, "Share the target embedding with the output layer.")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    cell: str = "gru"  # gru | lstm
-    embed_dim: int = 256
-    units: int = 256  # per direction in the encoder; the decoder has 2 * units
-    layers: int = 1  # encoder layers (bidirectional)
-    attention_units: int = 256
-    dropout: float = 0.2
-    tie_embeddings: bool = True  # share the target embedding with the output projection
-
-    def validate(self) -> None:
-        _finite(self, "model")
-        _choice("model.cell", self.cell, ("gru", "lstm"))
-        for name in ("embed_dim", "units", "layers", "attention_units"):
-            _positive(f"model.{name}", getattr(self, name))
-        if not 0 <= self.dropout < 1:
-            raise ConfigError("model.dropout must be in [0, 1)")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 64  # sentences per batch
-    learning_rate: float = 1e-3
-    clip_norm: float = 1.0
-    label_smoothing: float = 0.1
-    patience: int = 4  # epochs without a better dev BLEU before stopping
-    lr_decay: float = 0.5  # multiply the learning rate by this when dev BLEU stalls
-    lr_patience: int = 1  # epochs without a better dev BLEU (by 0.1) before the rate is lowered
-    pretrained: bool = True  # initialise embeddings from the pretrain stage when present
-    freeze_embeddings: bool = False
-    max_len: int = 80  # pieces; longer training pairs are skipped
-    dev_beam: int = 1  # beam size for the per-epoch dev BLEU (1 = greedy, fast)
-    keep_checkpoints: int = 5  # the last N epochs' weights, for checkpoint averaging; 0 keeps all
-    average_checkpoints: int = 5  # at the end, average the last N epochs; kept if dev BLEU improves
-    time_budget: float = 0.0  # minutes of training (validation included) before stopping; 0 = none
-    # float32, or mixed precision: layers compute in float16 (GPUs with tensor cores; the loss is
-    # scaled) or bfloat16 (newer CPUs and GPUs), weights stay float32; the saved model is float32
-    precision: str = "float32"
-    seed: int = 1234
+class TrainConfig(Section):
+    SECTION = "train"
+    epochs: int = setting(20, "Most epochs; early stopping may end sooner.", low=1)
+    batch_size: int = setting(64, "Sentences per batch.", low=1)
+    learning_rate: float = setting(1e-3, "Adam's learning rate.", low=0, low_open=True)
+    clip_norm: float = setting(1.0, "Global gradient-norm clipping.", low=0, low_open=True)
+    label_smoothing: float = setting(0.1, "Label smoothing of the loss.", low=0, high=1, high_open=True)
+    patience: int = setting(4, "Epochs without a better dev BLEU before stopping.", low=1)
+    lr_decay: float = setting(0.5, "Multiply the learning rate by this when dev BLEU stalls.", low=0, high=1,
+                              low_open=True, high_open=True)
+    lr_patience: int = setting(1, "Epochs without a better dev BLEU (by 0.1) before the learning rate is lowered.",
+                               low=1)
+    pretrained: bool = setting(True, "Initialise embeddings from the pretrain stage if it ran.")
+    freeze_embeddings: bool = setting(False, "Keep pretrained embeddings fixed.")
+    max_len: int = setting(80, "Skip training pairs with this many pieces or more on a side.", low=1)
+    dev_beam: int = setting(1, "Beam size of the per-epoch dev BLEU (1: greedy, fast).", low=1)
+    keep_checkpoints: int = setting(5, "Keep the last N epochs' weights for `average` (0: all).", low=0)
+    average_checkpoints: int = setting(5, "Average the last N epochs at the end if dev BLEU gains (0: off).", low=0)
+    time_budget: float = setting(0.0, "Stop after this many minutes, validation included (0: no limit).", low=0)
+    # mixed: layers compute in float16 (GPUs with tensor cores; the loss is scaled) or bfloat16
+    # (newer CPUs and GPUs), weights stay float32; the saved model is float32
+    precision: str = setting("float32", "float32, or mixed precision: mixed_float16 (GPU) or mixed_bfloat16.",
+                             choices=PRECISIONS)
+    seed: int = setting(1234, "Seed of initialisation, dropout and batch order.")
 
     @property
     def dev_decode(self) -> "DecodeConfig":
         """How the per-epoch dev BLEU decodes (and checkpoint averaging is judged)."""
         return DecodeConfig(strategy="beam" if self.dev_beam > 1 else "greedy", beam=self.dev_beam)
 
-    def validate(self) -> None:
-        _finite(self, "train")
-        _choice("train.precision", self.precision, PRECISIONS)
-        for name in ("epochs", "batch_size", "max_len", "dev_beam", "lr_patience"):
-            _positive(f"train.{name}", getattr(self, name))
-        if self.keep_checkpoints < 0 or self.time_budget < 0 or self.average_checkpoints < 0:
-            raise ConfigError("train.keep_checkpoints, average_checkpoints and time_budget must be >= 0")
+    def check(self) -> None:
         if 0 < self.keep_checkpoints < self.average_checkpoints:
             raise ConfigError(f"train.average_checkpoints ({self.average_checkpoints}) needs at least as many "
                               f"kept checkpoints; keep_checkpoints is {self.keep_checkpoints}")
-        if self.learning_rate <= 0 or self.clip_norm <= 0:
-            raise ConfigError("train.learning_rate and train.clip_norm must be positive")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError("train.label_smoothing must be in [0, 1)")
-        if not 0 < self.lr_decay < 1:
-            raise ConfigError(f"train.lr_decay must be in (0, 1); got {self.lr_decay}")
 
 
 @dataclass(frozen=True)
-class DecodeConfig:
-    strategy: str = "beam"  # greedy | beam | sample
-    beam: int = 5
-    length_penalty: float = 1.0  # alpha in score / length ** alpha; 0 = raw log-probability
-    max_len_ratio: float = 2.0  # output pieces <= ratio * source pieces + 10
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = sample from the whole distribution
-    batch_size: int = 128  # sentences decoded together; 64 -> 128: +8% greedy, +19% beam 5 here
-    n_best: int = 1
-    # a source line longer than this many pieces is cut to it (and counted in a warning), so one
-    # hostile line cannot stall translation; its raw text is cut to 16 characters a piece (the
-    # longest SentencePiece piece) before encoding, which bounds the encoding as well
-    max_input_tokens: int = 256
-    seed: int = 1234
+class DecodeConfig(Section):
+    SECTION = "decode"
+    strategy: str = setting("beam", "Search: greedy, beam or sample.", choices=("greedy", "beam", "sample"))
+    beam: int = setting(5, "Beam size (the default strategy).", low=1)
+    length_penalty: float = setting(1.0, "Beam scores are log p / length**alpha.")
+    max_len_ratio: float = setting(2.0, "Output pieces <= ratio * source pieces + 10.", low=0, low_open=True)
+    temperature: float = setting(1.0, "Sampling temperature.", low=0, low_open=True)
+    top_k: int = setting(0, "Sample among the k likeliest pieces (0: all).", low=0)
+    batch_size: int = setting(128, "Sentences decoded together.", low=1)
+    n_best: int = setting(1, "With --format jsonl: the n best hypotheses of the beam.", low=1)
+    # its raw text is cut to 16 characters a piece (the longest SentencePiece piece) before
+    # encoding, which bounds the encoding as well
+    max_input_tokens: int = setting(256, "Cut a source line longer than this many pieces (counted in a warning), "
+                                         "so one hostile line cannot stall a batch.", low=1)
+    seed: int = setting(1234, "Seed for --sample.")
 
-    def validate(self) -> None:
-        _finite(self, "decode")
-        _choice("decode.strategy", self.strategy, ("greedy", "beam", "sample"))
-        for name in ("beam", "batch_size", "n_best", "max_input_tokens"):
-            _positive(f"decode.{name}", getattr(self, name))
-        if self.max_len_ratio <= 0:
-            raise ConfigError("decode.max_len_ratio must be positive")
+    def check(self) -> None:
         if self.n_best > self.beam and self.strategy == "beam":
             raise ConfigError(f"decode.n_best ({self.n_best}) cannot exceed the beam ({self.beam})")
-        if self.temperature <= 0:
-            raise ConfigError("decode.temperature must be positive")
-        if self.top_k < 0:
-            raise ConfigError("decode.top_k must be >= 0")
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    tokenize: str = "none"  # sacreBLEU tokeniser: none for pre-tokenised data, 13a for raw text
-
-    def validate(self) -> None:
-        _choice("evaluate.tokenize", self.tokenize, BLEU_TOKENIZERS)
+class EvaluateConfig(Section):
+    SECTION = "evaluate"
+    tokenize: str = setting("13a", "BLEU tokenisation (sacreBLEU's): 13a for raw text, none for pre-tokenised "
+                                   "data, ...; evaluate's default is the one the run's training used.",
+                            choices=BLEU_TOKENIZERS)
 
 
 @dataclass(frozen=True)
-class DataConfig:
-    """Where the corpus lives, for the `pipeline` command."""
+class DataConfig(Section):
+    """Where the corpus lives, for the `pipeline` command (and tokenize's and split's options)."""
 
-    src: str | None = None
-    tgt: str | None = None
-    tsv: str | None = None
-    tsv_src_col: int = 1
-    tsv_tgt_col: int = 0
-    src_lang: str | None = None
-    tgt_lang: str | None = None
-    dev_src: str | None = None
-    dev_tgt: str | None = None
-    test_src: str | None = None
-    test_tgt: str | None = None
+    SECTION = "data"
+    src: str | None = setting(None, "Source-language text, one sentence a line.")
+    tgt: str | None = setting(None, "Target-language text, line-aligned with --src.")
+    tsv: str | None = setting(None, "Tab-separated pairs instead of --src/--tgt, e.g. the Tatoeba export.")
+    tsv_src_col: int = setting(1, "0-based --tsv column of the source (Tatoeba: 1 = Japanese).", low=0,
+                               cli="--src-col")
+    tsv_tgt_col: int = setting(0, "0-based --tsv column of the target (Tatoeba: 0 = English).", low=0,
+                               cli="--tgt-col")
+    src_lang: str | None = setting(None, "Source language code (default: --src's suffix, else ja).")
+    tgt_lang: str | None = setting(None, "Target language code (default: --tgt's suffix, else en).")
+    dev_src: str | None = setting(None, "Dev source text (train default: hold out 500 training pairs).")
+    dev_tgt: str | None = setting(None, "Dev target text, line-aligned with --dev-src.")
+    test_src: str | None = setting(None, "Test source text, for the evaluate stage.")
+    test_tgt: str | None = setting(None, "Test references, line-aligned with --test-src.")
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if not self.tsv and not (self.src and self.tgt):
             raise ConfigError("data needs either `tsv` or both `src` and `tgt`")
 
@@ -266,7 +255,41 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     return obj
 
 
-def load_pipeline_config(path: str | Path) -> PipelineConfig:
+def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """The config file, with `overrides` (`--section.key value` or `--section.key=value`, values
+    in TOML syntax, a bare word taken as a string) applied on top, validated as one."""
+    values = _read_toml(Path(path))
+    for key, value in _override_pairs(overrides or []):
+        *sections, name = key.split(".")
+        table = values
+        for section in sections:
+            table = table.setdefault(section, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--{key}: [{section}] is not a table in {path}")
+        table[name] = value
+    return from_dict(PipelineConfig, values)
+
+
+def _override_pairs(args: list[str]) -> list[tuple[str, Any]]:
+    pairs, args = [], list(args)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("--") or len(arg) == 2:
+            raise ConfigError(f"unexpected argument {arg!r}; overrides look like --train.epochs 3")
+        key, eq, text = arg[2:].partition("=")
+        if not eq:
+            if not args:
+                raise ConfigError(f"--{key} needs a value")
+            text = args.pop(0)
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text  # a bare word: a string
+        pairs.append((key.replace("-", "_"), value))
+    return pairs
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
     from pipeline.data import read_lines
 
     path = Path(path)
@@ -277,7 +300,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
-    return from_dict(PipelineConfig, values)
+    return values
 
 
 def run_directory(path: str | Path) -> Path:
@@ -317,19 +340,24 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     raise ConfigError(f"{name} must be {expected}, got {value!r}")
 
 
-def _finite(config: Any, section: str) -> None:
-    """Every float setting must be a number: NaN passes every range check, and inf means nothing."""
-    for f in fields(config):
-        value = getattr(config, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{section}.{f.name} must be a finite number; got {value}")
+def _check_field(name: str, value: Any, meta: Any) -> None:
+    """One field against its `setting`: finite, among its choices, within its bounds."""
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number; got {value}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{name} must be one of {', '.join(meta['choices'])}; got {value!r}")
+    low, high = meta.get("low"), meta.get("high")
+    too_low = low is not None and (value <= low if meta["low_open"] else value < low)
+    too_high = high is not None and (value >= high if meta["high_open"] else value > high)
+    if not (too_low or too_high):
+        return
+    if high is None:
+        raise ConfigError(f"{name} must be {'>' if meta['low_open'] else '>='} {_number(low)}; got {value}")
+    raise ConfigError(f"{name} must be in {'(' if meta['low_open'] else '['}{_number(low)}, {_number(high)}"
+                      f"{')' if meta['high_open'] else ']'}; got {value}")
 
 
-def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {value!r}")
-
-
-def _positive(name: str, value: int, minimum: int = 1) -> None:
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}; got {value}")
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)

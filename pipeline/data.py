@@ -55,10 +55,15 @@ def read_corpus(src: str | None, tgt: str | None, tsv: str | None, tsv_src_col: 
     """The pairs of a corpus given as a TSV file or as two parallel files, and the input files
     (for a stage's manifest)."""
     if tsv:
-        return read_tsv(tsv, tsv_src_col, tsv_tgt_col), {"tsv": tsv}
+        return read_tsv(tsv, tsv_src_col, tsv_tgt_col), corpus_inputs(src, tgt, tsv)
     if src and tgt:
-        return read_parallel(src, tgt), {"src": src, "tgt": tgt}
+        return read_parallel(src, tgt), corpus_inputs(src, tgt, tsv)
     raise InputError("give either --tsv FILE or both --src and --tgt")
+
+
+def corpus_inputs(src: str | None, tgt: str | None, tsv: str | None) -> dict[str, str | None]:
+    """The files a corpus is read from, by role: the TSV file, or the two parallel files."""
+    return {"tsv": tsv} if tsv else {"src": src, "tgt": tgt}
 
 
 def _zip_strict(a: Iterable[str], b: Iterable[str], a_name, b_name) -> Iterator[tuple[str, str]]:

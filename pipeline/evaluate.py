@@ -12,11 +12,11 @@ from dataclasses import asdict
 from typing import Any, Sequence
 
 from pipeline import bleu
-from pipeline.artifacts import Run, write_json_atomic, write_text_atomic
+from pipeline.artifacts import Declaration, Run, write_json_atomic, write_text_atomic
 from pipeline.config import DecodeConfig, EvaluateConfig
 from pipeline.data import read_parallel
 from pipeline.errors import InputError
-from pipeline.progress import progress
+from pipeline.progress import log, progress
 from pipeline.translate import Translator
 
 STAGE = "evaluate"
@@ -67,10 +67,21 @@ def _evaluate(run: Run, stage: str, runs: list[Run], translator: Translator, sou
     with run.writing(stage) as writer:
         write_text_atomic(writer.dir / "hypotheses.txt", "".join(h + "\n" for h in hypotheses))
         write_json_atomic(writer.dir / "report.json", report)
-        writer.finish({"decode": asdict(decode), "evaluate": asdict(config)}, {"src": src, "ref": ref},
-                      ["hypotheses.txt", "report.json"],
+        writer.finish(declare(decode, config, src, ref), ["hypotheses.txt", "report.json"],
                       extra={"models": {str(r.root): r.output_hash("train", "model.keras") for r in runs}})
     return report
+
+
+def declare(decode: DecodeConfig, config: EvaluateConfig, src: str, ref: str) -> Declaration:
+    """The stage's settings and inputs, as its manifest records them (see `Declaration`)."""
+    return Declaration({"decode": asdict(decode), "evaluate": asdict(config)}, {"src": src, "ref": ref})
+
+
+def tokenization_of(run: Run, default: str) -> str:
+    """The BLEU tokenisation the run's training scored its dev set with (`default` if unknown)."""
+    recorded = run.manifest("train").get("config", {}).get("bleu_tokenize", default) if run.has("train") else default
+    log.info("BLEU tokenisation: %s (the training's; --tokenize to change it)", recorded)
+    return recorded
 
 
 class DevSet:

@@ -24,7 +24,7 @@ from keras import ops
 
 from pipeline.attention import BahdanauAttention
 from pipeline.config import ModelConfig
-from pipeline.tokenize import PAD
+from pipeline.vocab import PAD
 
 
 class Encoded(NamedTuple):

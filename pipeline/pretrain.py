@@ -23,12 +23,13 @@ import numpy as np
 import sentencepiece as spm
 
 from pipeline import word2vec
-from pipeline.artifacts import STAGE_COMMAND, Run, atomic_path
+from pipeline.artifacts import STAGE_COMMAND, Declaration, Run, atomic_path
 from pipeline.config import PretrainConfig
 from pipeline.data import batched, read_lines
 from pipeline.errors import StageError
 from pipeline.progress import log, progress
-from pipeline.tokenize import SIDES, load_processor
+from pipeline.tokenize import load_processor
+from pipeline.vocab import SIDES
 
 STAGE = "pretrain"
 FIRST_WORD = word2vec.FIRST_WORD  # ids below are pad, unk, bos, eos
@@ -57,11 +58,14 @@ def _pretrain(run: Run, config: PretrainConfig) -> dict[str, Any]:
     with run.writing(STAGE) as stage:
         report = {side: _pretrain_side(stage.dir, side, number, corpora[side], processors[side], config)
                   for number, side in enumerate(SIDES)}
-        # Inputs are the user's files, as for the other stages; the tokenizer is recorded by hash.
-        inputs = {f"extra_{side}": path for side, path in extra_paths.items() if path}
         outputs = [f"emb.{side}.{ext}" for side in SIDES for ext in ("npy", "txt")]
-        stage.finish(asdict(config), inputs, outputs, extra={"tokenizer": tokenizer, "report": report})
+        stage.finish(declare(config), outputs, extra={"tokenizer": tokenizer, "report": report})
     return report
+
+
+def declare(config: PretrainConfig) -> Declaration:
+    """The stage's settings and inputs (the extra text; the tokenizer is recorded by hash)."""
+    return Declaration(asdict(config), {"extra_src": config.extra_src, "extra_tgt": config.extra_tgt})
 
 
 def _pretrain_side(out: Path, side: str, number: int, corpus: tuple, sp: spm.SentencePieceProcessor,

@@ -12,59 +12,48 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any, Callable
 
-from pipeline.artifacts import Run, sha256
+from pipeline.artifacts import Declaration, Run, sha256
 from pipeline.config import DataConfig, PipelineConfig
 from pipeline.data import guess_lang
 from pipeline.progress import log
 
 
 def run_pipeline(config: PipelineConfig, force: bool = False) -> dict[str, Any]:
-    from pipeline import split
-    from pipeline.evaluate import evaluate
-    from pipeline.pretrain import pretrain
-    from pipeline.tokenize import tokenize
-    from pipeline.train import train
+    from pipeline import evaluate, pretrain, split, tokenize, train
 
     config.validate()
     run, corpus = Run.at(config.run), config.data
     src_lang = corpus.src_lang or guess_lang(corpus.src, "ja")
     tgt_lang = corpus.tgt_lang or guess_lang(corpus.tgt, "en")
-    corpus_inputs = {"tsv": corpus.tsv} if corpus.tsv else {"src": corpus.src, "tgt": corpus.tgt}
-    stages: list[tuple[str, dict, dict, Callable[[], Any]]] = []
+    columns = (corpus.tsv_src_col, corpus.tsv_tgt_col)
+    stages: list[tuple[str, Declaration, Callable[[], Any]]] = []
     data = corpus
     if config.split.enabled:
-        stages.append(("split", split.settings(config.split, corpus.tsv, corpus.tsv_src_col, corpus.tsv_tgt_col),
-                       corpus_inputs,
+        stages.append(("split", split.declare(config.split, corpus.src, corpus.tgt, corpus.tsv, *columns),
                        lambda: split.split(run, config.split, src=corpus.src, tgt=corpus.tgt, tsv=corpus.tsv,
-                                           tsv_src_col=corpus.tsv_src_col, tsv_tgt_col=corpus.tsv_tgt_col)))
+                                           tsv_src_col=columns[0], tsv_tgt_col=columns[1])))
         data = _split_data(run, config)
-    tok_inputs = {"tsv": data.tsv} if data.tsv else {"src": data.src, "tgt": data.tgt}
-    dev_inputs = {"dev_src": data.dev_src, "dev_tgt": data.dev_tgt} if data.dev_src else {}
     stages += [
-        ("tokenize", {**asdict(config.tokenize), **_tsv_columns(data)}, tok_inputs,
-         lambda: tokenize(run, config.tokenize, src=data.src, tgt=data.tgt, tsv=data.tsv,
-                          tsv_src_col=data.tsv_src_col, tsv_tgt_col=data.tsv_tgt_col,
-                          src_lang=src_lang, tgt_lang=tgt_lang)),
-        ("pretrain", asdict(config.pretrain),
-         {"extra_src": config.pretrain.extra_src, "extra_tgt": config.pretrain.extra_tgt},
-         lambda: pretrain(run, config.pretrain)),
-        ("train", {"model": asdict(config.model), "train": asdict(config.train),
-                   "bleu_tokenize": config.evaluate.tokenize}, dev_inputs,
-         lambda: train(run, config.model, config.train, dev_src=data.dev_src, dev_tgt=data.dev_tgt,
-                       bleu_tokenize=config.evaluate.tokenize)),
+        ("tokenize", tokenize.declare(config.tokenize, data.src, data.tgt, data.tsv, *columns, src_lang, tgt_lang),
+         lambda: tokenize.tokenize(run, config.tokenize, src=data.src, tgt=data.tgt, tsv=data.tsv,
+                                   tsv_src_col=columns[0], tsv_tgt_col=columns[1], src_lang=src_lang,
+                                   tgt_lang=tgt_lang)),
+        ("pretrain", pretrain.declare(config.pretrain), lambda: pretrain.pretrain(run, config.pretrain)),
+        ("train", train.declare(config.model, config.train, config.evaluate.tokenize, data.dev_src, data.dev_tgt),
+         lambda: train.train(run, config.model, config.train, dev_src=data.dev_src, dev_tgt=data.dev_tgt,
+                             bleu_tokenize=config.evaluate.tokenize)),
     ]
     if data.test_src and data.test_tgt:
-        stages.append(("evaluate", {"decode": asdict(config.decode), "evaluate": asdict(config.evaluate)},
-                       {"src": data.test_src, "ref": data.test_tgt},
-                       lambda: evaluate(run, data.test_src, data.test_tgt, config.decode, config.evaluate)))
+        stages.append(("evaluate", evaluate.declare(config.decode, config.evaluate, data.test_src, data.test_tgt),
+                       lambda: evaluate.evaluate(run, data.test_src, data.test_tgt, config.decode, config.evaluate)))
 
     summary: dict[str, Any] = {"run": str(run.root), "stages": {}}
     upstream_reran, upstream_finished = force, 0.0
-    for name, settings, inputs, go in stages:
-        if not upstream_reran and _up_to_date(run, name, settings, inputs, upstream_finished):
+    for name, declared, go in stages:
+        if not upstream_reran and _up_to_date(run, name, declared, upstream_finished):
             upstream_finished = run.manifest(name).get("finished_unix", 0.0)
             log.info("%s: up to date, skipped (use --force to rerun)", name)
             summary["stages"][name] = {"status": "skipped", "report": run.manifest(name).get("report")}
@@ -91,32 +80,25 @@ def _split_data(run: Run, config: PipelineConfig) -> DataConfig:
     return data
 
 
-def _tsv_columns(data) -> dict:
-    """Which TSV columns tokenize reads: part of its settings when it reads a TSV file."""
-    return {"tsv_src_col": data.tsv_src_col, "tsv_tgt_col": data.tsv_tgt_col} if data.tsv else {}
-
-
-def _up_to_date(run: Run, stage: str, settings: dict, inputs: dict, upstream_finished: float) -> bool:
+def _up_to_date(run: Run, stage: str, declared: Declaration, upstream_finished: float) -> bool:
     """Same settings, same input files, and finished after the stages before it (which a stage
     rerun by hand, or `cli.py average`, can change behind the pipeline's back)."""
     if not run.has(stage):
         return False
     manifest = run.manifest(stage)
-    if manifest.get("config") != _jsonable(settings):
+    if manifest.get("config") != _jsonable(declared.settings):
         return False
     if manifest.get("finished_unix", 0.0) < upstream_finished:
         return False
     recorded = manifest.get("inputs", {})
-    for key, path in inputs.items():
-        if path is None:
-            continue
-        entry = recorded.get(key, {})
+    given = {key: path for key, path in declared.inputs.items() if path is not None}
+    for key, path in given.items():
         try:
-            if entry.get("sha256") != sha256(path):
+            if recorded.get(key, {}).get("sha256") != sha256(path):
                 return False
         except OSError:
             return False
-    return set(recorded) == {k for k, v in inputs.items() if v is not None}
+    return set(recorded) == set(given)
 
 
 def _jsonable(obj: Any) -> Any:

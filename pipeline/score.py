@@ -18,8 +18,8 @@ import tensorflow as tf
 from pipeline.artifacts import Run
 from pipeline.config import DecodeConfig
 from pipeline.ensemble import Ensemble
-from pipeline.tokenize import BOS, EOS, PAD
-from pipeline.translate import CHUNK, encode_line, load_models, pad, warn_cut
+from pipeline.translate import CHUNK, encode_line, load_models, warn_cut
+from pipeline.vocab import BOS, EOS, PAD, pad
 
 
 @dataclass

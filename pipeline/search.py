@@ -13,7 +13,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from pipeline.model import Seq2Seq
-from pipeline.tokenize import BOS, EOS, PAD
+from pipeline.vocab import BOS, EOS, PAD
 
 NEG_INF = -1e9
 

@@ -19,12 +19,12 @@ import hashlib
 from dataclasses import asdict
 from typing import Any, Iterable
 
-from pipeline.artifacts import Run, atomic_path
+from pipeline.artifacts import Declaration, Run, atomic_path
 from pipeline.config import SplitConfig
-from pipeline.data import normalise_space, read_corpus
+from pipeline.data import corpus_inputs, normalise_space, read_corpus
 from pipeline.errors import ConfigError, InputError
 from pipeline.progress import log, progress
-from pipeline.tokenize import SIDES
+from pipeline.vocab import SIDES
 
 STAGE = "split"
 SETS = ("train", "dev", "test")
@@ -71,14 +71,15 @@ def split(
             for i, side in enumerate(SIDES):
                 with atomic_path(stage.dir / f"{name}.{side}") as tmp:
                     tmp.write_text("".join(pair[i] + "\n" for pair in sets[name]), encoding="utf-8")
-        stage.finish(settings(config, tsv, tsv_src_col, tsv_tgt_col), inputs, OUTPUTS, extra={"report": report})
+        stage.finish(declare(config, src, tgt, tsv, tsv_src_col, tsv_tgt_col), OUTPUTS, extra={"report": report})
     return report
 
 
-def settings(config: SplitConfig, tsv: str | None, tsv_src_col: int, tsv_tgt_col: int) -> dict[str, Any]:
-    """What the manifest records as the stage's config (the runner compares it to skip the stage)."""
+def declare(config: SplitConfig, src: str | None, tgt: str | None, tsv: str | None, tsv_src_col: int,
+            tsv_tgt_col: int) -> Declaration:
+    """The stage's settings and inputs, as its manifest records them (see `Declaration`)."""
     columns = {"src": tsv_src_col, "tgt": tsv_tgt_col} if tsv else None
-    return {**asdict(config), "tsv_columns": columns}
+    return Declaration({**asdict(config), "tsv_columns": columns}, corpus_inputs(src, tgt, tsv))
 
 
 def assign(pairs: list[Pair], config: SplitConfig) -> dict[str, list[Pair]]:

@@ -17,14 +17,13 @@ from typing import Any, Iterable
 import numpy as np
 import sentencepiece as spm
 
-from pipeline.artifacts import STAGE_COMMAND, Run, atomic_path
+from pipeline.artifacts import STAGE_COMMAND, Declaration, Run, atomic_path
 from pipeline.config import TokenizeConfig, default_character_coverage
-from pipeline.data import batched, normalise_space, read_corpus
+from pipeline.data import batched, corpus_inputs, normalise_space, read_corpus
 from pipeline.errors import InputError, PipelineError, StageError, first_line
 from pipeline.progress import log, progress
+from pipeline.vocab import BOS, EOS, PAD, SIDES, UNK
 
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
-SIDES = ("src", "tgt")
 STAGE = "tokenize"
 # SentencePiece silently skips training lines longer than this many bytes; we count them instead.
 MAX_LINE_BYTES = 4192
@@ -45,13 +44,23 @@ def tokenize(
 ) -> dict[str, Any]:
     """Run the stage; return its report (also stored in the manifest)."""
     config.validate()
-    pairs, inputs = read_corpus(src, tgt, tsv, tsv_src_col, tsv_tgt_col)
+    pairs, _ = read_corpus(src, tgt, tsv, tsv_src_col, tsv_tgt_col)
 
     with run.writing(STAGE) as stage:
         report = _tokenize_into(stage.dir, pairs, config, {"src": src_lang, "tgt": tgt_lang})
         outputs = ["train.npz"] + [f"spm.{s}.{ext}" for s in SIDES for ext in ("model", "vocab")]
-        stage.finish(asdict(config), inputs, outputs, extra={"report": report})
+        stage.finish(declare(config, src, tgt, tsv, tsv_src_col, tsv_tgt_col, src_lang, tgt_lang), outputs,
+                     extra={"report": report})
     return report
+
+
+def declare(config: TokenizeConfig, src: str | None, tgt: str | None, tsv: str | None, tsv_src_col: int,
+            tsv_tgt_col: int, src_lang: str, tgt_lang: str) -> Declaration:
+    """The stage's settings and inputs, as its manifest records them (see `Declaration`): the
+    languages too (they choose the character coverage), and the TSV columns when it reads one."""
+    columns = {"src": tsv_src_col, "tgt": tsv_tgt_col} if tsv else None
+    return Declaration({**asdict(config), "languages": {"src": src_lang, "tgt": tgt_lang}, "tsv_columns": columns},
+                       corpus_inputs(src, tgt, tsv))
 
 
 def _tokenize_into(out: Path, pairs: Iterable[tuple[str, str]], config: TokenizeConfig,

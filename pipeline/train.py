@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import faults
-from pipeline.artifacts import Run, atomic_path, sha256, write_json_atomic, write_text_atomic
+from pipeline.artifacts import Declaration, Run, atomic_path, sha256, write_json_atomic, write_text_atomic
 from pipeline.average import try_average
 from pipeline.checkpoints import BEST, CHECKPOINTS, Backup, epoch_checkpoints, save_for_inference
 from pipeline.config import EvaluateConfig, ModelConfig, TrainConfig
@@ -35,8 +35,9 @@ from pipeline.errors import InputError, StageError
 from pipeline.evaluate import DevSet
 from pipeline.model import Seq2Seq, build_model
 from pipeline.progress import log
-from pipeline.tokenize import BOS, EOS, PAD, SIDES, load_encoded, load_tokenizers
-from pipeline.translate import Translator, pad
+from pipeline.tokenize import load_encoded, load_tokenizers
+from pipeline.translate import Translator
+from pipeline.vocab import BOS, EOS, PAD, SIDES, pad
 
 STAGE = "train"
 POOL = 100  # batches' worth of pairs sorted by length together (see make_dataset)
@@ -286,11 +287,10 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
     processors, tok_manifest = load_tokenizers(run, needed_by=STAGE)
     data = TrainingData.read(run, processors, config, dev_src, dev_tgt)
     embeddings = _pretrained(run, model_config, config)
-    settings = {"model": asdict(model_config), "train": asdict(config), "bleu_tokenize": bleu_tokenize}
-    inputs = {"dev_src": dev_src, "dev_tgt": dev_tgt} if dev_src else {}
-    fingerprint = {"settings": _jsonable(settings), "tokenize": tok_manifest["outputs"],
+    declared = declare(model_config, config, bleu_tokenize, dev_src, dev_tgt)
+    fingerprint = {"settings": _jsonable(declared.settings), "tokenize": tok_manifest["outputs"],
                    "pretrain": run.manifest("pretrain")["outputs"] if embeddings is not None else None,
-                   "dev": {k: sha256(v) for k, v in inputs.items()}}
+                   "dev": {k: sha256(v) for k, v in declared.inputs.items() if v}}
 
     with run.writing(STAGE, resumable=True, resume=resume is not False) as stage:
         backup = Backup(stage.dir / "backup")
@@ -305,9 +305,16 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
             log.info("resuming the interrupted training after epoch %d", state["epoch"])
         translator = Translator(model, processors["src"], processors["tgt"])
         history = _fit(model, translator, data, config, bleu_tokenize, stage.dir, backup, state)
-        report = _finish(stage, model, translator, data, config, bleu_tokenize, history, backup, settings,
-                         inputs, tok_manifest, embeddings is not None, resumed_after=state["epoch"] if state else 0)
+        report = _finish(stage, model, translator, data, config, bleu_tokenize, history, backup, declared,
+                         tok_manifest, embeddings is not None, resumed_after=state["epoch"] if state else 0)
     return report
+
+
+def declare(model_config: ModelConfig, config: TrainConfig, bleu_tokenize: str, dev_src: str | None,
+            dev_tgt: str | None) -> Declaration:
+    """The stage's settings and inputs, as its manifest records them (see `Declaration`)."""
+    return Declaration({"model": asdict(model_config), "train": asdict(config), "bleu_tokenize": bleu_tokenize},
+                       {"dev_src": dev_src, "dev_tgt": dev_tgt})
 
 
 def _resumable(backup: Backup, fingerprint: dict, resume: bool | None, directory) -> tuple:
@@ -378,7 +385,7 @@ def _fit(model: Seq2Seq, translator: Translator, data: "TrainingData", config: T
 
 
 def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData", config: TrainConfig,
-            bleu_tokenize: str, history: dict[str, list], backup: Backup, settings: dict, inputs: dict,
+            bleu_tokenize: str, history: dict[str, list], backup: Backup, declared: Declaration,
             tok_manifest: dict, pretrained: bool, resumed_after: int) -> dict[str, Any]:
     """Average the last checkpoints if that gains, write state.json, drop the backup, record the stage."""
     out = stage.dir
@@ -416,7 +423,7 @@ def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData",
     (out / "fingerprint.json").unlink()
     faults.point("before-manifest:train")
     tokenizer_hashes = {s: tok_manifest["outputs"][f"spm.{s}.model"] for s in SIDES}
-    stage.finish(settings, inputs, [BEST, "history.csv"], extra={"tokenizer": tokenizer_hashes, "report": report})
+    stage.finish(declared, [BEST, "history.csv"], extra={"tokenizer": tokenizer_hashes, "report": report})
     return report
 
 

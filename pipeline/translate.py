@@ -15,7 +15,8 @@ from pipeline.config import DecodeConfig
 from pipeline.data import normalise_space
 from pipeline.errors import StageError
 from pipeline.progress import log
-from pipeline.tokenize import EOS, PAD, SIDES, load_tokenizers
+from pipeline.tokenize import load_tokenizers
+from pipeline.vocab import EOS, SIDES, pad, strip
 
 CHUNK = 4096  # sentences sorted by length together; bounds memory on endless input
 MAX_PIECE_CHARS = 16  # SentencePiece's longest piece (max_sentencepiece_length's default)
@@ -152,22 +153,3 @@ def warn_cut(lines: int, max_tokens: int) -> None:
 
 def _vocabulary(sp: spm.SentencePieceProcessor) -> list[tuple[str, float]]:
     return [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
-
-
-def pad(sequences: list[list[int]], length: int | None = None) -> np.ndarray:
-    length = length or max(len(s) for s in sequences)
-    out = np.full((len(sequences), length), PAD, dtype=np.int32)
-    for i, s in enumerate(sequences):
-        out[i, :len(s)] = s
-    return out
-
-
-def strip(seq: Iterable[int]) -> list[int]:
-    """Piece ids up to (not including) the first </s> or padding."""
-    out = []
-    for token in seq:
-        if token in (EOS, PAD):
-            break
-        out.append(int(token))
-    return out
-

@@ -30,7 +30,7 @@ import tensorflow as tf
 from pipeline.config import PretrainConfig
 from pipeline.errors import ConfigError
 from pipeline.progress import log, progress
-from pipeline.tokenize import EOS
+from pipeline.vocab import EOS
 
 FIRST_WORD = EOS + 1  # ids 0-3 are pad, unk, bos, eos: never trained as words
 NOISE_POWER = 0.75

@@ -15,8 +15,9 @@ from pipeline.errors import StageError
 from pipeline.model import Seq2Seq
 from pipeline.score import Scorer
 from pipeline.search import Searcher
-from pipeline.tokenize import BOS, EOS, tokenize
-from pipeline.translate import Translator, pad
+from pipeline.tokenize import tokenize
+from pipeline.translate import Translator
+from pipeline.vocab import BOS, EOS, pad
 from tests.conftest import write_corpus, toy_pairs
 from tests.test_cli import cli
 

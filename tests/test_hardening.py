@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline import config as config_module
-from pipeline.artifacts import Run, sha256
+from pipeline.artifacts import Declaration, Run, sha256
 from pipeline.errors import ConfigError, StageError
 from tests.conftest import ROOT, toy_pairs, write_corpus
 from tests.test_cli import cli
@@ -282,10 +282,10 @@ def _truncate(path):
 
 
 def _pickled_vectors(run: Run):
-    run.stage_dir("pretrain").mkdir()
-    np.save(run.path("pretrain", "emb.src.npy"), np.array([{"not": "vectors"}], dtype=object), allow_pickle=True)
-    run.finish("pretrain", {}, {}, ["emb.src.npy"],
-               extra={"tokenizer": {s: run.output_hash("tokenize", f"spm.{s}.model") for s in ("src", "tgt")}})
+    with run.writing("pretrain") as stage:
+        np.save(stage.dir / "emb.src.npy", np.array([{"not": "vectors"}], dtype=object), allow_pickle=True)
+        stage.finish(Declaration({}, {}), ["emb.src.npy"],
+                     extra={"tokenizer": {s: run.output_hash("tokenize", f"spm.{s}.model") for s in ("src", "tgt")}})
 
 
 CRAFTED = {  # what is crafted, the command that loads it, the start of its error, the stage to rerun
@@ -343,3 +343,47 @@ def test_average_refuses_a_recorded_dev_set_that_changed(tiny_run, tmp_path):
     assert error.value.hint == "give --dev-src and --dev-tgt"
     with pytest.raises(ConfigError, match="give both --dev-src and --dev-tgt, or neither"):
         average_run(run, 2, dev_src=str(other))
+
+
+# -- fuzzed input -------------------------------------------------------------------------------
+
+def _fuzz_lines(n: int, seed: int) -> list[str]:
+    """Random Unicode (any plane, control characters, NUL, separators), long and blank lines."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(n):
+        kind = rng.integers(6)
+        if kind == 0:
+            lines.append("")
+        elif kind == 1:
+            lines.append("".join(chr(c) for c in rng.integers(0, 0x20, rng.integers(1, 30)) if c != 10))
+        elif kind == 2:
+            lines.append("あか " * int(rng.integers(100, 3000)))
+        else:
+            codes = rng.integers(1, 0x10FFFF, rng.integers(1, 80))
+            lines.append("".join(chr(c) for c in codes if c != 10 and not 0xD800 <= c < 0xE000))
+    return lines
+
+
+def test_fuzzed_lines_among_real_ones_translate_in_order_and_leave_the_real_ones_unchanged(tiny_run, toy_corpus):
+    from pipeline.config import DecodeConfig
+    from pipeline.translate import Translator
+
+    real = toy_corpus["dev_src"].read_text(encoding="utf-8").splitlines()
+    fuzz = _fuzz_lines(1200, seed=5)
+    mixed = [line for pair in zip(fuzz[::30], real) for line in pair] + fuzz
+    translator = Translator.load(tiny_run)
+    config = DecodeConfig(strategy="greedy")
+    out = [h.text for h in translator.translate(mixed, config)]
+    assert len(out) == len(mixed)
+    alone = [h.text for h in translator.translate(real, config)]
+    assert out[1:2 * len(real):2] == alone  # each real sentence translated as it is alone
+    assert all(out[i] == "" for i, line in enumerate(mixed) if not line.strip())
+
+
+def test_fuzzed_bytes_on_stdin_give_one_output_line_per_input_line(tiny_run):
+    lines = [line.encode("utf-8") for line in _fuzz_lines(300, seed=7)]
+    data = b"\r\n".join(lines[:100]) + b"\r\n" + b"\n".join(lines[100:]) + b"\n"  # CRLF and LF mixed
+    proc = cli_stdin_bytes(data, "translate", "--run", tiny_run.root, "--greedy")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count(b"\n") == len(lines) and b"Traceback" not in proc.stderr

@@ -9,7 +9,7 @@ import pytest
 from pipeline.attention import BahdanauAttention
 from pipeline.config import ModelConfig
 from pipeline.model import build_model
-from pipeline.tokenize import PAD
+from pipeline.vocab import PAD
 
 
 def _batch(rng, batch=3, src_len=7, tgt_len=5, src_vocab=50, tgt_vocab=40):

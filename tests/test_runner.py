@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import pipeline.model  # noqa: F401 (registers Seq2Seq, the class model.keras names)
-from pipeline.artifacts import Run
+from pipeline.artifacts import Declaration, Run
 from pipeline.config import ConfigError, load_pipeline_config
 from tests.test_cli import cli
 from tests.test_reliability import cli as cli_killed
@@ -65,7 +65,7 @@ def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_co
     # a stage rerun by hand outdates the stages after it
     manifest = run.manifest("train")
     with run.writing("train", from_current=True) as stage:
-        stage.finish(manifest["config"], {k: v["path"] for k, v in manifest["inputs"].items()},
+        stage.finish(Declaration(manifest["config"], {k: v["path"] for k, v in manifest["inputs"].items()}),
                      list(manifest["outputs"]), extra={"tokenizer": manifest["tokenizer"], "report": manifest["report"]})
     rewritten = json.loads(cli("pipeline", "--config", config).stdout)
     assert [s["status"] for s in rewritten["stages"].values()] == ["skipped"] * 3 + ["ran"]
@@ -115,10 +115,46 @@ def test_bad_values_are_refused_with_the_valid_options(tmp_path, text, message):
     assert message in str(error.value)
 
 
-def test_tokenize_settings_name_the_tsv_columns_it_reads():
-    from pipeline.config import DataConfig
-    from pipeline.runner import _tsv_columns
+def test_a_tsv_config_without_split_is_skipped_when_rerun_and_reruns_just_what_a_change_touches(tmp_path, toy_corpus):
+    """The bug a config of this shape had: tokenize recorded other settings than the runner
+    compared, so every call re-tokenized and retrained."""
+    from pipeline.runner import run_pipeline
 
-    assert _tsv_columns(DataConfig(tsv="pairs.tsv", tsv_src_col=0, tsv_tgt_col=2)) == {"tsv_src_col": 0,
-                                                                                     "tsv_tgt_col": 2}
-    assert _tsv_columns(DataConfig(src="a.ja", tgt="a.en")) == {}  # parallel files: no columns to record
+    pairs = zip(toy_corpus["train_tgt"].read_text(encoding="utf-8").splitlines(),
+                toy_corpus["train_src"].read_text(encoding="utf-8").splitlines())
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("".join(f"{en}\t{ja}\n" for en, ja in pairs), encoding="utf-8")
+    path = tmp_path / "tsv.toml"
+    path.write_text(f"""run = "{tmp_path / 'run'}"
+[data]
+tsv = "{tsv}"
+src_lang = "ja"
+tgt_lang = "en"
+test_src = "{toy_corpus['dev_src']}"
+test_tgt = "{toy_corpus['dev_tgt']}"
+[tokenize]
+vocab_size = 60
+[pretrain]
+dim = 16
+epochs = 1
+[model]
+embed_dim = 16
+units = 16
+attention_units = 16
+[train]
+epochs = 1
+batch_size = 64
+[decode]
+beam = 1
+""", encoding="utf-8")
+
+    def statuses(*overrides):
+        summary = run_pipeline(load_pipeline_config(path, list(overrides)))
+        return {name: stage["status"] for name, stage in summary["stages"].items()}
+
+    assert set(statuses().values()) == {"ran"}
+    assert set(statuses().values()) == {"skipped"}
+    assert statuses("--pretrain.epochs", "2") == {"tokenize": "skipped", "pretrain": "ran", "train": "ran",
+                                                  "evaluate": "ran"}
+    assert statuses("--pretrain.epochs", "2", "--decode.length_penalty", "0.5") == {
+        "tokenize": "skipped", "pretrain": "skipped", "train": "skipped", "evaluate": "ran"}

@@ -9,8 +9,7 @@ import pytest
 from pipeline.config import ModelConfig
 from pipeline.model import build_model
 from pipeline.search import Searcher
-from pipeline.tokenize import EOS, PAD
-from pipeline.translate import pad
+from pipeline.vocab import EOS, PAD, pad
 
 
 @pytest.fixture(scope="module")

@@ -75,3 +75,13 @@ def test_later_stage_refuses_a_changed_tokenizer(toy_corpus, tmp_path):
         load_tokenizers(run, needed_by="train")
     manifest = json.loads(run.path("tokenize", "manifest.json").read_text())
     assert manifest["config"]["vocab_size"] == 60
+
+
+def test_the_same_data_gives_the_same_tokenizer_bytes_in_any_run_directory(tmp_path):
+    src, tgt = write_corpus(tmp_path, "c", toy_pairs(300, seed=4))
+    runs = [Run.at(tmp_path / name) for name in ("a", "elsewhere/b")]
+    for run in runs:
+        tokenize(run, TokenizeConfig(vocab_size=60), src=str(src), tgt=str(tgt), src_lang="ja", tgt_lang="en")
+    for side in ("src", "tgt"):
+        a, b = (run.path("tokenize", f"spm.{side}.model").read_bytes() for run in runs)
+        assert a == b and str(tmp_path).encode() not in a  # no path of the run is recorded inside

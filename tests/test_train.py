@@ -13,7 +13,8 @@ from pipeline.artifacts import Run
 from pipeline.config import ModelConfig, TokenizeConfig, TrainConfig
 from pipeline.errors import ConfigError, StageError
 from pipeline.model import build_model
-from pipeline.tokenize import BOS, EOS, PAD, tokenize
+from pipeline.tokenize import tokenize
+from pipeline.vocab import BOS, EOS, PAD
 from pipeline.train import batch_order, compile_for_training, filter_length, make_dataset, masked_loss, train
 from tests.conftest import TINY_MODEL, toy_pairs, write_corpus
 
