@@ -137,12 +137,32 @@ def settings(**groups: Options) -> Callable:
             values: dict[str, dict] = {group: {} for group in groups}
             for name, (group, field_name) in owner.items():
                 values[group][field_name] = kwargs.pop(name)
-            return fn(**kwargs, **{group: groups[group].section(**values[group]) for group in groups})
+            sections = {group: groups[group].section(**values[group]) for group in groups}
+            _guard(lambda: _validate(sections, flags))
+            return fn(**kwargs, **sections)
+
+        flags = {f"{groups[group].section.SECTION}.{field_name}": "--" + name.replace("_", "-")
+                 for name, (group, field_name) in owner.items()}
 
         command.__signature__ = inspect.Signature(own + generated)
         return command
 
     return decorate
+
+
+def _validate(sections: dict[str, Any], flags: dict[str, str]) -> None:
+    """Check the sections a command's options built, naming the options (not the TOML keys) in
+    what is wrong. Settings the command does not offer keep their defaults, which are valid."""
+    from pipeline.errors import ConfigError
+
+    for section in sections.values():
+        try:
+            section.validate()
+        except ConfigError as e:
+            message = e.message
+            for key, flag in sorted(flags.items(), key=lambda kv: -len(kv[0])):
+                message = message.replace(key, flag)
+            raise ConfigError(message, hint=e.hint) from None
 
 
 def _run(path: str):

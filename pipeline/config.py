@@ -145,7 +145,7 @@ class TrainConfig(Section):
     def check(self) -> None:
         if 0 < self.keep_checkpoints < self.average_checkpoints:
             raise ConfigError(f"train.average_checkpoints ({self.average_checkpoints}) needs at least as many "
-                              f"kept checkpoints; keep_checkpoints is {self.keep_checkpoints}")
+                              f"kept checkpoints; train.keep_checkpoints is {self.keep_checkpoints}")
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class DecodeConfig(Section):
 
     def check(self) -> None:
         if self.n_best > self.beam and self.strategy == "beam":
-            raise ConfigError(f"decode.n_best ({self.n_best}) cannot exceed the beam ({self.beam})")
+            raise ConfigError(f"decode.n_best ({self.n_best}) cannot exceed decode.beam ({self.beam})")
 
 
 @dataclass(frozen=True)
@@ -197,10 +197,6 @@ class DataConfig(Section):
     test_src: str | None = setting(None, "Test source text, for the evaluate stage.")
     test_tgt: str | None = setting(None, "Test references, line-aligned with --test-src.")
 
-    def check(self) -> None:
-        if not self.tsv and not (self.src and self.tgt):
-            raise ConfigError("data needs either `tsv` or both `src` and `tgt`")
-
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -216,6 +212,8 @@ class PipelineConfig:
 
     def validate(self) -> None:
         run_directory(self.run)
+        if not self.data.tsv and not (self.data.src and self.data.tgt):
+            raise ConfigError("data needs either `tsv` or both `src` and `tgt`")
         for f in fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):

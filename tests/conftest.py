@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import random
 from pathlib import Path
@@ -64,3 +66,28 @@ def tiny_run(toy_corpus, tmp_path_factory):
     train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=5, batch_size=32, learning_rate=1e-2, seed=7),
           dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]), bleu_tokenize="none")
     return run
+
+
+def cli_in_process(*args, stdin: str | bytes | None = None, check: bool = True):
+    """`python cli.py ARGS` run inside the test process (no interpreter or TensorFlow start-up):
+    a CompletedProcess with the exit code, stdout and stderr, as a subprocess would give."""
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    import cli
+
+    logs = io.StringIO()  # the log lines a process's stderr would hold, before its error line
+    handler = logging.StreamHandler(logs)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        result = CliRunner().invoke(cli.app, [str(a) for a in args], input=stdin)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    proc = subprocess.CompletedProcess(args, result.exit_code, result.stdout, logs.getvalue() + result.stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}")
+    return proc

@@ -19,8 +19,7 @@ import pytest
 from pipeline import config as config_module
 from pipeline.artifacts import Declaration, Run, sha256
 from pipeline.errors import ConfigError, StageError
-from tests.conftest import ROOT, toy_pairs, write_corpus
-from tests.test_cli import cli
+from tests.conftest import ROOT, cli_in_process as cli, toy_pairs, write_corpus
 
 HOSTILE = ("あか " * 40_000)[:100_000]  # one 100,000-character line
 
@@ -160,12 +159,12 @@ def test_lr_decay_must_be_between_0_and_1(value):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["train", "--learning-rate", "nan"], "train.learning_rate must be a finite number; got nan"),
-    (["pretrain", "--learning-rate", "nan"], "pretrain.learning_rate must be a finite number; got nan"),
-    (["translate", "--length-penalty", "nan"], "decode.length_penalty must be a finite number; got nan"),
-    (["translate", "--sample", "--temperature", "nan"], "decode.temperature must be a finite number; got nan"),
-    (["train", "--dropout", "nan"], "model.dropout must be a finite number; got nan"),
-    (["translate", "--max-input-tokens", "0"], "decode.max_input_tokens must be >= 1; got 0"),
+    (["train", "--learning-rate", "nan"], "--learning-rate must be a finite number; got nan"),
+    (["pretrain", "--learning-rate", "nan"], "--learning-rate must be a finite number; got nan"),
+    (["translate", "--length-penalty", "nan"], "--length-penalty must be a finite number; got nan"),
+    (["translate", "--sample", "--temperature", "nan"], "--temperature must be a finite number; got nan"),
+    (["train", "--dropout", "nan"], "--dropout must be a finite number; got nan"),
+    (["translate", "--max-input-tokens", "0"], "--max-input-tokens must be >= 1; got 0"),
     (["average", "--last", "0"], "averaging needs 2 or more checkpoints; got --last 0"),
     (["average", "--last", "-3"], "averaging needs 2 or more checkpoints; got --last -3"),
     (["train", "--bleu-tokenize", "bogus"],

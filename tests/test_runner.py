@@ -104,7 +104,7 @@ def test_shipped_config_is_valid():
 @pytest.mark.parametrize("text,message", [
     ('[train]\nepochs = "ten"\n', "train.epochs must be an integer"),
     ('[model]\ncell = "rnn"\n', "model.cell must be one of gru, lstm"),
-    ('[decode]\nbeam = 2\nn_best = 3\n', "decode.n_best (3) cannot exceed the beam (2)"),
+    ('[decode]\nbeam = 2\nn_best = 3\n', "decode.n_best (3) cannot exceed decode.beam (2)"),
     ('train = 3\n', "config section [train] must be a table"),
 ])
 def test_bad_values_are_refused_with_the_valid_options(tmp_path, text, message):
