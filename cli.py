@@ -32,8 +32,8 @@ from pipeline.config import SplitConfig, TokenizeConfig, TrainConfig
 from pipeline.errors import PipelineError
 
 app = typer.Typer(
-    add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help text is plain: its brackets and braces stay as written
     no_args_is_help=True,
     help="Neural machine translation: [split →] tokenize → pretrain → train → translate → evaluate.",
 )
@@ -43,9 +43,19 @@ RunOpt = typer.Option(..., "--run", help="Run directory, e.g. saved_models/NAME.
 RunsOpt = typer.Option(..., "--run", help="Run directory; repeat it to ensemble several runs' models.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from pipeline import __version__
+
+        typer.echo(f"nmt-pipeline {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(ctx: typer.Context,
-         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug logs.")):
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug logs."),
+         version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print the version and exit.")):
     _state["verbose"] = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,

@@ -59,11 +59,14 @@ class Translator:
     @classmethod
     def load(cls, runs: Run | Sequence[Run], needed_by: str = "translate") -> "Translator":
         """The best model of one run, or an ensemble of several runs' best models."""
+        return cls.of(*load_models(runs, needed_by))
+
+    @classmethod
+    def of(cls, processors: dict[str, spm.SentencePieceProcessor], models: list) -> "Translator":
+        """A translator of `models` (several: their ensemble) with the runs' tokenizers."""
         from pipeline.ensemble import Ensemble
 
-        processors, models = load_models(runs, needed_by)
-        model = models[0] if len(models) == 1 else Ensemble(models)
-        return cls(model, processors["src"], processors["tgt"])
+        return cls(models[0] if len(models) == 1 else Ensemble(models), processors["src"], processors["tgt"])
 
     def translate(self, lines: Iterable[str], config: DecodeConfig, attention: bool = False) -> Iterator[Hypothesis]:
         """Translate lines in order; an empty line gives an empty hypothesis. Sources longer than
