@@ -276,11 +276,13 @@ def translate(
     sample: bool = SampleOpt,
     format: str = typer.Option("text", "--format", help="text, or jsonl (translation, score, ...)."),
     attention: bool = typer.Option(False, help="With --format jsonl: include attention weights."),
+    shard: Optional[str] = typer.Option(None, help="K/N: translate only the K-th of N equal blocks of --input's "
+                                                   "lines; the N outputs, concatenated, are the whole output."),
     *, decode: DecodeConfig,
 ):
     """Translate sentences, one per line, keeping the order; an empty line stays empty."""
     from pipeline.artifacts import atomic_path
-    from pipeline.data import read_lines
+    from pipeline.data import read_lines, shard_of
     from pipeline.errors import ConfigError
     from pipeline.translate import Translator
 
@@ -296,6 +298,8 @@ def translate(
         lines = read_lines(input)
         if str(input) != "-":
             lines = list(lines)  # read it all first: a bad file fails before any output
+        if shard:
+            lines = shard_of(lines, shard, str(input))
         hyps = translator.translate(lines, config, attention=attention)
 
         def render(h):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, TypeVar
 
-from pipeline.errors import InputError
+from pipeline.errors import ConfigError, InputError
 
 T = TypeVar("T")
 
@@ -103,6 +104,18 @@ def read_tsv(path: str | Path, src_col: int, tgt_col: int) -> Iterator[tuple[str
                 f"need at least {needed} (columns {src_col} and {tgt_col})"
             )
         yield cols[src_col].strip(), cols[tgt_col].strip()
+
+
+def shard_of(lines: list[str], shard: str, name: str) -> list[str]:
+    """Block K of N (`shard` = "K/N", K from 1) of `lines`: lines[(K-1)*n//N : K*n//N]. The N
+    blocks, in order, are the lines, so N jobs' outputs concatenate to the one job's output."""
+    match = re.fullmatch(r"(\d+)/(\d+)", shard.strip())
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ConfigError(f"--shard must be K/N with 1 <= K <= N, e.g. 2/8; got {shard!r}")
+    if name == "-":
+        raise ConfigError("--shard needs --input FILE: it counts the lines first")
+    k, n = int(match[1]), int(match[2])
+    return lines[(k - 1) * len(lines) // n: k * len(lines) // n]
 
 
 def normalise_space(text: str) -> str:

@@ -386,3 +386,17 @@ def test_fuzzed_bytes_on_stdin_give_one_output_line_per_input_line(tiny_run):
     proc = cli_stdin_bytes(data, "translate", "--run", tiny_run.root, "--greedy")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count(b"\n") == len(lines) and b"Traceback" not in proc.stderr
+
+
+# -- translation jobs split across machines -----------------------------------------------------
+
+def test_shards_of_a_file_concatenate_to_the_unsharded_translation(tiny_run, toy_corpus, tmp_path):
+    src = toy_corpus["dev_src"]  # 40 lines: blocks of 13, 13, 14
+    whole = cli("translate", "--run", tiny_run.root, "-i", src, "--beam", "3").stdout
+    parts = [cli("translate", "--run", tiny_run.root, "-i", src, "--beam", "3", "--shard", f"{k}/3").stdout
+             for k in (1, 2, 3)]
+    assert [part.count("\n") for part in parts] == [13, 13, 14]
+    assert "".join(parts) == whole
+    for bad in ("0/3", "4/3", "x"):
+        assert error_lines(cli("translate", "--run", tiny_run.root, "-i", src, "--shard", bad, check=False))[0] == (
+            f"error: --shard must be K/N with 1 <= K <= N, e.g. 2/8; got '{bad}'")
