@@ -282,9 +282,9 @@ def translate(
 ):
     """Translate sentences, one per line, keeping the order; an empty line stays empty."""
     from pipeline.artifacts import atomic_path
-    from pipeline.data import read_lines, shard_of
+    from pipeline.data import read_lines, shard_of, stdin_batches
     from pipeline.errors import ConfigError
-    from pipeline.translate import Translator
+    from pipeline.translate import CHUNK, Translator
 
     def go():
         if format not in ("text", "jsonl"):
@@ -295,12 +295,13 @@ def translate(
             raise ConfigError(f"--output {output} is a directory; give a file name")
         config = _strategy(ctx, decode, greedy, sample)
         translator = Translator.load([_run(r) for r in run])
-        lines = read_lines(input)
-        if str(input) != "-":
-            lines = list(lines)  # read it all first: a bad file fails before any output
-        if shard:
-            lines = shard_of(lines, shard, str(input))
-        hyps = translator.translate(lines, config, attention=attention)
+        if str(input) == "-" and not shard:  # a live filter: each batch of what has arrived, at once
+            hyps = translator.translate_batches(stdin_batches(CHUNK), config, attention=attention)
+        else:
+            lines = list(read_lines(input))  # read it all first: a bad file fails before any output
+            if shard:
+                lines = shard_of(lines, shard, str(input))
+            hyps = translator.translate(lines, config, attention=attention)
 
         def render(h):
             if format == "text":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import sys
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator, TypeVar
@@ -36,14 +38,49 @@ def read_lines(path: str | Path) -> Iterator[str]:
 
 def _lines(stream: BinaryIO, name: str) -> Iterator[str]:
     for number, raw in enumerate(stream, 1):
-        try:
-            line = raw.rstrip(b"\r\n").decode("utf-8")
-        except UnicodeDecodeError as e:  # byte counts from 1 within the line, as the line number does
-            raise InputError(
-                f"{name} is not valid UTF-8 (line {number}, byte {e.start + 1})",
-                hint="convert it first, e.g. `iconv -f SHIFT_JIS -t UTF-8`",
-            ) from None
-        yield line
+        yield _decode(raw, name, number)
+
+
+def _decode(raw: bytes, name: str, number: int) -> str:
+    try:
+        return raw.rstrip(b"\r\n").decode("utf-8")
+    except UnicodeDecodeError as e:  # byte counts from 1 within the line, as the line number does
+        raise InputError(
+            f"{name} is not valid UTF-8 (line {number}, byte {e.start + 1})",
+            hint="convert it first, e.g. `iconv -f SHIFT_JIS -t UTF-8`",
+        ) from None
+
+
+def stdin_batches(size: int) -> Iterator[list[str]]:
+    """Stdin's lines in batches, each given as soon as no more input is waiting: a line typed at a
+    terminal, or sent by a coprocess, is translated at once, while a fast pipe still fills batches
+    of `size` (fairseq-interactive's buffer works so). Lines are split and decoded as `read_lines`
+    does."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's captured stdin)
+        yield from batched(_lines(sys.stdin.buffer, "<stdin>"), size)
+        return
+    pending, number, batch = b"", 0, []
+    while True:
+        if batch and not select.select([fd], [], [], 0)[0]:  # nothing more waiting: go
+            yield batch
+            batch = []
+            continue
+        data = os.read(fd, 1 << 16)  # blocks only while nothing is waiting to be translated
+        if not data:
+            if pending:
+                batch.append(_decode(pending, "<stdin>", number + 1))
+            if batch:
+                yield batch
+            return
+        *complete, pending = (pending + data).split(b"\n")
+        for raw in complete:
+            number += 1
+            batch.append(_decode(raw, "<stdin>", number))
+        while len(batch) >= size:
+            yield batch[:size]
+            batch = batch[size:]
 
 
 def read_parallel(src: str | Path, tgt: str | Path) -> Iterator[tuple[str, str]]:

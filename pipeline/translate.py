@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
@@ -12,7 +11,7 @@ import sentencepiece as spm
 
 from pipeline.artifacts import Run
 from pipeline.config import DecodeConfig
-from pipeline.data import normalise_space
+from pipeline.data import batched, normalise_space
 from pipeline.errors import StageError
 from pipeline.progress import log
 from pipeline.tokenize import load_tokenizers
@@ -71,10 +70,15 @@ class Translator:
     def translate(self, lines: Iterable[str], config: DecodeConfig, attention: bool = False) -> Iterator[Hypothesis]:
         """Translate lines in order; an empty line gives an empty hypothesis. Sources longer than
         `config.max_input_tokens` pieces are cut to them, with a warning at the end."""
+        return self.translate_batches(batched(lines, CHUNK), config, attention)
+
+    def translate_batches(self, chunks: Iterable[list[str]], config: DecodeConfig,
+                          attention: bool = False) -> Iterator[Hypothesis]:
+        """`translate`, a chunk of lines at a time: each chunk's translations come out before the
+        next chunk is read (`data.stdin_batches` makes chunks of what has arrived)."""
         config.validate()
-        lines = iter(lines)
         cut = 0
-        while chunk := list(itertools.islice(lines, CHUNK)):
+        for chunk in chunks:
             for hyp in self._translate_chunk(chunk, config, attention):
                 cut += hyp.cut
                 yield hyp

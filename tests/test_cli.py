@@ -137,3 +137,26 @@ def test_download_copies_a_local_copy_with_checksums(tmp_path):
 def test_download_of_an_unknown_corpus_fails_cleanly(tmp_path):
     proc = cli("download", "no_such_corpus", "--dest", tmp_path / "d", check=False)
     assert proc.returncode == 1 and "small_parallel_enja" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_translate_is_a_live_filter_answering_each_line_before_the_next_is_sent(tiny_run, toy_corpus):
+    """A coprocess: write one line, wait for its translation, ten times, the pipe left open."""
+    import select
+
+    lines = toy_corpus["dev_src"].read_text(encoding="utf-8").splitlines()[:10]
+    expected = cli("translate", "--run", tiny_run.root, "--greedy", stdin="\n".join(lines) + "\n").stdout.splitlines()
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "translate", "--run", str(tiny_run.root),
+                             "--greedy"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            cwd=ROOT, env=env, text=True, bufsize=1)
+    try:
+        for i, line in enumerate(lines):
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], 120 if i == 0 else 20)  # the first loads the model
+            assert ready, f"no translation of line {i + 1} while the pipe stays open"
+            assert proc.stdout.readline().rstrip("\n") == expected[i]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
