@@ -284,6 +284,7 @@ def translate(
     from pipeline.artifacts import atomic_path
     from pipeline.data import read_lines, shard_of, stdin_batches
     from pipeline.errors import ConfigError
+    from pipeline.progress import progress
     from pipeline.translate import CHUNK, Translator
 
     def go():
@@ -301,7 +302,8 @@ def translate(
             lines = list(read_lines(input))  # read it all first: a bad file fails before any output
             if shard:
                 lines = shard_of(lines, shard, str(input))
-            hyps = translator.translate(lines, config, attention=attention)
+            hyps = progress(translator.translate(lines, config, attention=attention), "translating",
+                            total=len(lines), unit="sent")
 
         def render(h):
             if format == "text":
@@ -364,6 +366,7 @@ def score(
     """Log-probability of each target sentence given its source under the model (or ensemble)."""
     from pipeline.data import read_parallel
     from pipeline.errors import ConfigError
+    from pipeline.progress import progress
     from pipeline.score import Scorer
 
     def go():
@@ -372,7 +375,8 @@ def score(
         decode.validate()
         scorer = Scorer.load([_run(r) for r in run])
         pairs = list(read_parallel(src, tgt))  # a bad file fails before any output
-        for result in scorer.score(pairs, batch_size=decode.batch_size, max_tokens=decode.max_input_tokens):
+        scores = scorer.score(pairs, batch_size=decode.batch_size, max_tokens=decode.max_input_tokens)
+        for result in progress(scores, "scoring", total=len(pairs), unit="pair"):
             line = (f"{result.log_prob:.4f}" if format == "text"
                     else json.dumps(result.to_json(), ensure_ascii=False))
             sys.stdout.write(line + "\n")

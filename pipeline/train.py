@@ -15,7 +15,6 @@ import io
 import itertools
 import json
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -24,6 +23,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pipeline import faults
 from pipeline.artifacts import Declaration, Run, atomic_path, sha256, write_json_atomic, write_text_atomic
@@ -190,17 +190,17 @@ class EpochCheckpoints(keras.callbacks.Callback):
 
 
 class BatchProgress(keras.callbacks.Callback):
-    """A progress bar over an epoch's batches on stderr (off when stderr is not a terminal)."""
+    """A progress bar over an epoch's batches, with their total and an ETA, on stderr (off when
+    stderr is not a terminal: one log line per epoch then, from `EpochLog`)."""
 
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int, batches: int):
         super().__init__()
-        self.epochs, self.bar = epochs, None
+        self.epochs, self.batches, self.bar = epochs, batches, None
 
     def on_epoch_begin(self, epoch, logs=None):
-        from tqdm import tqdm
+        from pipeline.progress import progress
 
-        self.bar = tqdm(desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", file=sys.stderr, leave=False,
-                        disable=not sys.stderr.isatty(), dynamic_ncols=True)
+        self.bar = progress(None, desc=f"epoch {epoch + 1}/{self.epochs}", total=self.batches, unit="batch")
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
@@ -367,7 +367,9 @@ def _fit(model: Seq2Seq, translator: Translator, data: "TrainingData", config: T
         keras.callbacks.EarlyStopping(monitor="val_bleu", mode="max", patience=config.patience, min_delta=0.1),
         EpochCheckpoints(out / CHECKPOINTS, config.keep_checkpoints),
         EpochLog(config.epochs),
-        BatchProgress(config.epochs),
+        BatchProgress(config.epochs, data.batches_per_epoch(config.batch_size)),
+        # loss, dev loss, dev BLEU, learning rate and tokens/s per epoch, for `tensorboard --logdir RUN/train`
+        keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
     ]
     if config.time_budget:
         callbacks.append(TimeBudget(config.time_budget, elapsed_before))
@@ -377,8 +379,8 @@ def _fit(model: Seq2Seq, translator: Translator, data: "TrainingData", config: T
     dev_ds = make_dataset(data.dev.ids["src"], data.dev.ids["tgt"], config.batch_size, shuffle=False, seed=0)
     log.info("training on %d pairs (%d target tokens an epoch), dev %d pairs, %d parameters",
              len(data.src), data.tokens_per_epoch, len(data.dev), model.count_params())
-    with warnings.catch_warnings():  # the dataset's length is unknown until it runs out: expected
-        warnings.filterwarnings("ignore", message=".*ran out of data")
+    with warnings.catch_warnings(), logging_redirect_tqdm():  # log lines go above the bar, never into it
+        warnings.filterwarnings("ignore", message=".*ran out of data")  # the dataset's length is unknown
         history = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, initial_epoch=done_before,
                             callbacks=callbacks, shuffle=False, verbose=0)
     return history.history
@@ -433,6 +435,11 @@ class TrainingData:
     def __init__(self, src: list, tgt: list, dev: DevSet):
         self.src, self.tgt, self.dev = src, tgt, dev
         self.tokens_per_epoch = int(sum(len(t) + 1 for t in tgt))
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """How many batches `batch_order` cuts an epoch into (pools are cut separately)."""
+        pool = POOL * batch_size
+        return sum(-(-min(pool, len(self.src) - start) // batch_size) for start in range(0, len(self.src), pool))
 
     @classmethod
     def read(cls, run: Run, processors: dict, config: TrainConfig, dev_src: str | None,

@@ -231,3 +231,25 @@ def test_the_learning_rate_waits_lr_patience_epochs_before_it_falls(tmp_path, to
     assert seen["patience"] == 3 and seen["monitor"] == "val_bleu"
     with pytest.raises(ConfigError, match="lr_patience"):
         TrainConfig(lr_patience=0).validate()
+
+
+def test_the_progress_total_is_the_epochs_batch_count_and_tensorboard_gets_the_curves(tmp_path, toy_corpus):
+    from pipeline.train import TrainingData, batch_order
+
+    run = _tokenized(tmp_path, toy_corpus)
+    train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=2, batch_size=16, patience=10),
+          dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
+    data = TrainingData(*filter_length([np.ones(3)] * 7000, [np.ones(2)] * 7000, 80), dev=None)
+    lengths = np.full(7000, 3)
+    assert data.batches_per_epoch(64) == len(batch_order(lengths, lengths, 64, np.random.default_rng(0))) == 110  # 100 + 10
+
+    import tensorflow as tf
+
+    tags = {}
+    for side in ("train", "validation"):
+        for path in (run.stage_dir("train") / "tensorboard" / side).iterdir():
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    tags.setdefault(side, set()).add(value.tag)
+    assert {"epoch_loss", "epoch_learning_rate", "epoch_train_tok_per_s"} <= tags["train"]
+    assert {"epoch_loss", "epoch_bleu"} <= tags["validation"]  # dev loss and dev BLEU
