@@ -386,6 +386,20 @@ def score(
 
 
 @app.command()
+@settings(decode=Options(DecodeConfig, only=("beam", "length_penalty")))
+def plot(
+    run: str = RunOpt,
+    sentence: list[str] = typer.Option([], "--sentence", "-s",
+                                       help="A source sentence whose attention to draw; repeat for more."),
+    *, decode: DecodeConfig,
+):
+    """Draw the training curves, and the attention of given sentences, as PNGs in RUN/plots/."""
+    from pipeline.plot import plot as stage
+
+    _print_json(_guard(lambda: stage(_run(run), sentence, decode)))
+
+
+@app.command()
 def download(
     corpus: str = typer.Argument("small_parallel_enja", help="Which corpus."),
     dest: Optional[Path] = typer.Option(None, help="Folder to fill (default: data/CORPUS)."),
