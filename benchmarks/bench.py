@@ -1,8 +1,10 @@
-"""What benchmarks/speed.py and benchmarks/peer.py share: the settings of a run, and `Bench`, which
-runs each measured command as a subprocess and reads its wall time and peak RSS."""
+"""What the benchmarks share: one way to run a script (Typer; the pipeline's errors end it as
+cli.py ends them), one table renderer, one way to run a measured subprocess, and the settings and
+`Bench` of benchmarks/speed.py and benchmarks/peer.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -11,14 +13,95 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
-from pipeline.config import PRECISIONS, PretrainConfig
+import typer
+
+from pipeline.artifacts import write_json_atomic
+from pipeline.config import ModelConfig, PretrainConfig, TrainConfig
+from pipeline.errors import ConfigError, PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as cli.py sets it, before TensorFlow loads
 log = logging.getLogger("benchmarks")
 SRC, TGT = "ja", "en"
 DOWNLOAD_HINT = "python cli.py download small_parallel_enja --from ../shared/data/small_parallel_enja"
+
+
+# -- scripts -------------------------------------------------------------------------------------
+
+def command(main: Callable[..., Any]) -> None:
+    """Run `main` as a Typer command, logging on stderr; a PipelineError ends it as `cli.py` ends
+    one: `error: ...`, perhaps `hint: ...`, and exit code 1."""
+
+    @functools.wraps(main)
+    def guarded(**options):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s",
+                            datefmt="%H:%M:%S", stream=sys.stderr)
+        try:
+            return main(**options)
+        except PipelineError as e:
+            typer.echo(f"error: {e.message}", err=True)
+            if e.hint:
+                typer.echo(f"hint: {e.hint}", err=True)
+            raise typer.Exit(1)
+
+    typer.run(guarded)
+
+
+def json_option(default: Optional[Path], stdout: bool = True) -> Any:
+    return typer.Option(default, "--json", help="Where the results go as JSON" + (" ('-': stdout)." if stdout else "."))
+
+
+def write_json(path: Path, results: Any) -> None:
+    if str(path) == "-":
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    else:
+        write_json_atomic(path, results)
+        log.info("results written to %s", path)
+
+
+def choose(only: str, valid: Sequence[str], what: str) -> list[str]:
+    """The names of a comma-separated list. Names may hold commas ("ja-en, LSTM"), so at each place
+    the longest run of pieces that spells a valid name is taken."""
+    pieces, names, i = only.split(","), [], 0
+    while i < len(pieces):
+        j = next((j for j in range(len(pieces), i, -1) if ",".join(pieces[i:j]).strip() in valid), None)
+        if j is None and pieces[i].strip():
+            sep = "; " if any("," in name for name in valid) else ", "
+            raise ConfigError(f"unknown {what} {pieces[i].strip()!r}; valid {what}s: {sep.join(valid)}")
+        if j is not None:
+            names.append(",".join(pieces[i:j]).strip())
+        i = j or i + 1
+    return names
+
+
+def table(header: list[str], rows: list[list[str]], markdown: bool = False) -> list[str]:
+    """Rows under a header, as a Markdown table or as columns aligned for a terminal."""
+    rows = [[str(cell) for cell in row] for row in rows]
+    if markdown:
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                *("| " + " | ".join(row) + " |" for row in rows)]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+
+
+def child(argv: list, what: str, env: dict[str, str] | None = None) -> tuple[str, dict[str, float]]:
+    """Run argv in the project root; stderr passes through. Returns stdout and the child's wall time
+    and peak RSS (of the child and its own children, from wait4)."""
+    log.info("%s: %s", what, " ".join(str(a) for a in argv[1:]))
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    if (code := os.waitstatus_to_exitcode(status)) != 0:
+        raise PipelineError(f"{what} failed with exit code {code} (its log is above)")
+    return out, {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+# -- speed.py and peer.py ------------------------------------------------------------------------
+
 _P = PretrainConfig()
 WORD2VEC = {"dim": _P.dim, "window": _P.window, "negatives": _P.negatives, "epochs": _P.epochs,
             "subsample": _P.subsample, "seed": _P.seed}
@@ -26,7 +109,7 @@ WORD2VEC = {"dim": _P.dim, "window": _P.window, "negatives": _P.negatives, "epoc
 
 @dataclass(frozen=True)
 class Settings:
-    """What one run measures. The defaults are the full benchmark; QUICK shrinks every size."""
+    """What one speed run measures. The defaults are the full benchmark; QUICK shrinks every size."""
 
     steps: int = 1000  # measured training steps, after the warm-up
     warmup: int = 50
@@ -45,28 +128,21 @@ class Settings:
     quick: bool = False
 
     def validate(self) -> None:
-        for name in ("steps", "interval", "repeats", "threads"):
-            if getattr(self, name) < 1:
-                raise BenchmarkError(f"--{name} must be >= 1; got {getattr(self, name)}")
-        if self.warmup < 0:
-            raise BenchmarkError(f"--warmup must be >= 0; got {self.warmup}")
-        if self.precision not in PRECISIONS:
-            raise BenchmarkError(f"--precision must be one of {', '.join(PRECISIONS)}; got {self.precision}")
+        """The benchmark's own sizes here; the model, the training step and word2vec as the pipeline
+        checks them (`train.precision must be one of ...`)."""
+        for name, least in (("steps", 1), ("warmup", 0), ("interval", 1), ("repeats", 1), ("threads", 1)):
+            if getattr(self, name) < least:
+                raise ConfigError(f"--{name} must be >= {least}; got {getattr(self, name)}")
         if self.steps < self.interval:
-            raise BenchmarkError(f"--steps ({self.steps}) must be at least one --interval ({self.interval})")
+            raise ConfigError(f"--steps ({self.steps}) must be at least one --interval ({self.interval})")
+        ModelConfig(**self.model).validate()
+        TrainConfig(batch_size=self.batch_size, precision=self.precision).validate()
+        PretrainConfig(**self.word2vec).validate()
 
 
 QUICK = dict(steps=12, warmup=3, interval=4, model=dict(embed_dim=32, units=32, attention_units=32),
              pairs=2000, test_sentences=64, repeats=2, batch1_sentences=8, scales=(1, 2),
              word2vec={**WORD2VEC, "dim": 32, "epochs": 1}, quick=True)
-
-
-class BenchmarkError(Exception):
-    """A one-line reason the benchmark cannot go on, with a hint."""
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.message, self.hint = message, hint
 
 
 class Bench:
@@ -77,26 +153,11 @@ class Bench:
         self.env = child_env(settings.threads)
         self._stages: dict[tuple[str, int], dict] = {}
 
-    def child(self, argv: list, what: str, env: dict[str, str] | None = None) -> tuple[str, dict[str, float]]:
-        """Run argv in the project root; stderr passes through. Returns stdout and the child's
-        wall time and peak RSS (of the child and its own children, from wait4)."""
-        log.info("%s: %s", what, " ".join(str(a) for a in argv[1:]))
-        started = time.perf_counter()
-        proc = subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=env or self.env, stdout=subprocess.PIPE,
-                                text=True)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - started
-        if proc.returncode != 0:
-            raise BenchmarkError(f"{what} failed with exit code {proc.returncode} (its log is above)")
-        return out, {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
-
     def measure(self, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         """One `benchmarks/measure.py` body in a fresh process; its figures plus wall and RSS."""
         spec_path, out_path = self.workdir / f"{kind}.spec.json", self.workdir / f"{kind}.out.json"
         spec_path.write_text(json.dumps({**spec, "threads": self.settings.threads}))
-        _, usage = self.child([sys.executable, "-m", "benchmarks.measure", kind, spec_path, out_path], kind)
+        _, usage = child([sys.executable, "-m", "benchmarks.measure", kind, spec_path, out_path], kind, self.env)
         return {**json.loads(out_path.read_text()), "process": usage}
 
     def corpus(self, scale: int) -> Path:
@@ -109,31 +170,27 @@ class Bench:
             for lang in (SRC, TGT):
                 with open(self.data / f"train.{lang}", encoding="utf-8") as f:
                     lines = f.readlines()[:self.settings.pairs]
-                with open(folder / f"train.{lang}", "w", encoding="utf-8") as f:
-                    for _ in range(scale):
-                        f.writelines(lines)
+                (folder / f"train.{lang}").write_text("".join(lines) * scale, encoding="utf-8")
         return folder
 
     def stage(self, name: str, scale: int) -> dict[str, Any]:
         """`python cli.py tokenize` or `pretrain` on the corpus at `scale`, run once per benchmark."""
-        if (name, scale) in self._stages:
-            return self._stages[name, scale]
-        run = self.workdir / f"run-{scale}"
-        if name == "tokenize":
-            corpus = self.corpus(scale)
-            args = ["--src", corpus / f"train.{SRC}", "--tgt", corpus / f"train.{TGT}"]
-        else:
-            self.stage("tokenize", scale)
-            args = [x for key, value in self.settings.word2vec.items() for x in (f"--{key}", value)]
-        out, usage = self.child([sys.executable, "cli.py", name, "--run", run, *args], f"{name} {scale}x")
-        self._stages[name, scale] = {"run": run, "report": json.loads(out), **usage}
+        if (name, scale) not in self._stages:
+            run = self.workdir / f"run-{scale}"
+            if name == "tokenize":
+                corpus = self.corpus(scale)
+                args = ["--src", corpus / f"train.{SRC}", "--tgt", corpus / f"train.{TGT}"]
+            else:
+                self.stage("tokenize", scale)
+                args = [x for key, value in self.settings.word2vec.items() for x in (f"--{key}", value)]
+            out, usage = child([sys.executable, "cli.py", name, "--run", run, *args], f"{name} {scale}x", self.env)
+            self._stages[name, scale] = {"run": run, "report": json.loads(out), **usage}
         return self._stages[name, scale]
 
 
 def child_env(threads: int) -> dict[str, str]:
     """The environment of every measured process: TensorFlow as cli.py sets it, thread pools fixed."""
     env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["TF_NUM_INTRAOP_THREADS"] = env["TF_NUM_INTEROP_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env

@@ -11,15 +11,18 @@ before TensorFlow starts. Everything timed goes through the project's own code: 
 from __future__ import annotations
 
 import json
+import logging
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import typer
 
+from benchmarks.bench import command, write_json
+from pipeline.errors import ConfigError
 from pipeline.progress import log
 from pipeline.tokenize import EOS, PAD
 
@@ -190,13 +193,14 @@ def gensim(spec: dict[str, Any]) -> dict[str, Any]:
     import gensim as gensim_module
     from gensim.models import Word2Vec
 
+    from pipeline.artifacts import Run
+    from pipeline.tokenize import load_encoded
+
     w2v = spec["word2vec"]
-    with np.load(Path(spec["run"]) / "tokenize" / "train.npz") as z:
-        corpora = {side: (z[f"{side}_ids"], z[f"{side}_offsets"]) for side in ("src", "tgt")}
+    encoded = load_encoded(Run.at(spec["run"]), needed_by=NEEDED_BY)
     result: dict[str, Any] = {"version": gensim_module.__version__, "workers": spec["threads"]}
-    for side, (ids, offsets) in corpora.items():
-        tokens, bounds = ids.tolist(), offsets.tolist()
-        sentences = [[str(i) for i in tokens[a:b] if i >= FIRST_WORD] for a, b in zip(bounds[:-1], bounds[1:])]
+    for side, pieces in encoded.items():
+        sentences = [[str(i) for i in ids.tolist() if i >= FIRST_WORD] for ids in pieces]
         model = Word2Vec(sg=1, vector_size=w2v["dim"], window=w2v["window"], negative=w2v["negatives"],
                          sample=w2v["subsample"], min_count=1, workers=spec["threads"], epochs=w2v["epochs"],
                          seed=w2v["seed"])
@@ -215,15 +219,14 @@ def gensim(spec: dict[str, Any]) -> dict[str, Any]:
 KINDS = {"train": train, "decode": decode, "gensim": gensim}
 
 
-def main(argv: list[str]) -> None:
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+def main(kind: str = typer.Argument(..., help=f"One of {', '.join(KINDS)}."), spec: Path = typer.Argument(...),
+         out: Path = typer.Argument(...)):
+    """Measure KIND with the settings in the JSON file SPEC; write the figures to OUT."""
     logging.getLogger("gensim").setLevel(logging.WARNING)  # it logs every phase at INFO
-    kind, spec_path, out_path = argv
-    spec = json.loads(Path(spec_path).read_text())
-    Path(out_path).write_text(json.dumps(KINDS[kind](spec), indent=2) + "\n")
+    if kind not in KINDS:
+        raise ConfigError(f"unknown measurement {kind!r}; valid: {', '.join(KINDS)}")
+    write_json(out, KINDS[kind](json.loads(spec.read_text())))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    command(main)

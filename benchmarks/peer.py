@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import ROOT, SRC, TGT, Bench, BenchmarkError
+from benchmarks.bench import ROOT, SRC, TGT, Bench, child
+from pipeline.errors import InputError
 
 PEER_DIR = ROOT.parent / "shared" / "peer"
 TASKS = Path(__file__).with_name("joeynmt_tasks.py")
@@ -34,10 +34,10 @@ VENV_HINT = f"set one up as {Path(__file__).relative_to(ROOT)} says"
 def measure(venv: Path, bench: Bench, sections: list[str], steps: int) -> dict[str, Any]:
     python = venv.resolve() / "bin" / "python"
     if not python.is_file():
-        raise BenchmarkError(f"no bin/python in {venv}", hint=VENV_HINT)
+        raise InputError(f"no bin/python in {venv}", hint=VENV_HINT)
     base = PEER_DIR / "rnn_jaen.yaml"
     if not base.is_file():
-        raise BenchmarkError(f"the peer's config {base} is missing")
+        raise InputError(f"the peer's config {base} is missing")
     interval = bench.settings.interval
     steps = max(2, -(-steps // interval)) * interval  # whole intervals, one of them the warm-up
     folder = bench.workdir / "peer"
@@ -45,10 +45,7 @@ def measure(venv: Path, bench: Bench, sections: list[str], steps: int) -> dict[s
     env = {k: v for k, v in bench.env.items() if k != "PYTHONPATH"}  # none of the project's modules
     env["OMP_NUM_THREADS"] = str(bench.settings.threads)  # torch's thread pool
 
-    def child(argv, what):
-        return bench.child(argv, what, env=env)
-
-    child([python, TASKS, "spm", data, folder / "spm", bench.settings.threads], "JoeyNMT's SentencePiece")
+    child([python, TASKS, "spm", data, folder / "spm", bench.settings.threads], "JoeyNMT's SentencePiece", env)
     config = folder / "rnn_jaen.yaml"
     changes = {
         "model_dir": str(folder / "model"),
@@ -61,9 +58,9 @@ def measure(venv: Path, bench: Bench, sections: list[str], steps: int) -> dict[s
     for side, lang in (("src", SRC), ("trg", TGT)):
         changes[f"data.{side}.voc_file"] = str(folder / "spm" / f"joey_vocab_{lang}.txt")
         changes[f"data.{side}.tokenizer_cfg.model_file"] = str(folder / "spm" / f"spm_{lang}.model")
-    child([python, TASKS, "config", base, config, json.dumps(changes)], "JoeyNMT's config")
+    child([python, TASKS, "config", base, config, json.dumps(changes)], "JoeyNMT's config", env)
 
-    _, usage = child([python, "-m", "joeynmt", "train", config, "--skip-test"], f"JoeyNMT training, {steps} steps")
+    _, usage = child([python, "-m", "joeynmt", "train", config, "--skip-test"], f"JoeyNMT training, {steps} steps", env)
     logged = [(int(step), float(rate)) for step, rate in
               TOKENS_PER_SEC.findall((folder / "model" / "train.log").read_text(encoding="utf-8"))]
     rates = [rate for _, rate in logged[1:]]
@@ -77,7 +74,7 @@ def measure(venv: Path, bench: Bench, sections: list[str], steps: int) -> dict[s
         spec = folder / "decode.spec.json"
         spec.write_text(json.dumps({"beam": s.beam, "batch_size": 64, "repeats": s.repeats, "threads": s.threads}))
         out = folder / "decode.out.json"
-        _, usage = child([python, TASKS, "decode", config, spec, out], "JoeyNMT decoding")
+        _, usage = child([python, TASKS, "decode", config, spec, out], "JoeyNMT decoding", env)
         result["decode"] = {**json.loads(out.read_text()), "checkpoint_steps": steps, "process": usage}
     return result
 
@@ -90,14 +87,10 @@ def _data(bench: Bench, folder: Path) -> Path:
         test = bench.data / f"test.{lang}"
         dev = bench.data / f"dev.{lang}"
         if not test.is_file():
-            raise BenchmarkError(f"the peer needs {test}")
+            raise InputError(f"the peer needs {test}")
         for name, path in (("train", train / f"train.{lang}"), ("dev", dev if dev.is_file() else test),
                            ("test", test)):
             link = folder / f"{name}.{lang}"
             if not link.exists():
                 link.symlink_to(path.resolve())
     return folder
-
-
-if __name__ == "__main__":
-    sys.exit("run benchmarks/speed.py --peer-venv VENV")

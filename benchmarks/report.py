@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -9,7 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.bench import ROOT, table
+
 PEER_README = "../shared/peer/README.md"
 # JoeyNMT 2.3.0 on this project's machine kind (2 cores), from ../shared/peer/README.md.
 PUBLISHED = {
@@ -27,10 +29,8 @@ def about(threads: int, env: dict[str, str]) -> dict[str, Any]:
     """The machine, the code and the settings that the figures depend on."""
     versions = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %z"),
         "commit": _git("rev-parse", "--short", "HEAD"),
@@ -55,12 +55,10 @@ def _git(*args: str) -> str | None:
 
 
 def _cpu_model() -> str | None:
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return None
 
 
@@ -245,35 +243,18 @@ def _details(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def table(results: dict[str, Any]) -> str:
-    """The figures as aligned plain text, for a terminal."""
-    out = _summary(results) + [""] + _details(results) + [""]
+def render(results: dict[str, Any], markdown: bool = False) -> str:
+    """The figures as aligned plain text for a terminal, or as a section for BENCHMARKS.md."""
+    if markdown:
+        out = ["## Speed and memory", "", "Measured by `python benchmarks/speed.py` (JSON: "
+               f"`benchmarks/results/speed.json`). Peer: JoeyNMT 2.3.0 ({PEER_README}).", "",
+               *(f"- {line}" for line in _summary(results) + _details(results)), ""]
+    else:
+        out = _summary(results) + [""] + _details(results) + [""]
     for header, rows in ((FIGURE_HEADER, [_cells(r) for r in results["figures"]]),
                          (STREAM_HEADER, _stream_cells(results))):
-        if not rows:
-            continue
-        if header is STREAM_HEADER:
-            out.append(STREAM_NOTE)
-        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-        for r in [header] + rows:
-            out.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
-        out.append("")
-    return "\n".join(out).rstrip() + "\n"
-
-
-def markdown(results: dict[str, Any]) -> str:
-    """A section for BENCHMARKS.md."""
-    out = ["## Speed and memory", "", "Measured by `python benchmarks/speed.py` "
-           f"(JSON: `benchmarks/results/speed.json`). Peer: JoeyNMT 2.3.0 ({PEER_README}).", ""]
-    out += [f"- {line}" for line in _summary(results) + _details(results)] + [""]
-    for header, rows in ((FIGURE_HEADER, [_cells(r) for r in results["figures"]]),
-                         (STREAM_HEADER, _stream_cells(results))):
-        if not rows:
-            continue
-        if header is STREAM_HEADER:
-            out += [STREAM_NOTE, ""]
-        out.append("| " + " | ".join(header) + " |")
-        out.append("|" + "---|" * len(header))
-        out += ["| " + " | ".join(r) + " |" for r in rows]
-        out.append("")
+        if rows:
+            if header is STREAM_HEADER:
+                out += [STREAM_NOTE, ""] if markdown else [STREAM_NOTE]
+            out += table(header, rows, markdown) + [""]
     return "\n".join(out).rstrip() + "\n"

@@ -11,7 +11,7 @@ The figures, each measured in a subprocess of its own (its peak RSS comes from w
             loss, Model.fit), median over intervals of --interval steps after a warm-up; peak RSS
     decode  sentences/s of greedy and beam-5 search on the test set with a trained run (--run),
             median of --repeats passes after a first, tracing one; the outputs of batches of 1,
-            16 and 64 compared
+            16 and the default size compared
     w2v     effective words/s of `python cli.py pretrain` and of gensim's word2vec (if installed:
             `pip install gensim`) on the same pieces with the same settings, back to back
     stream  wall time and peak RSS of `python cli.py tokenize` and `pretrain` on the training
@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -36,20 +34,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's modules come from ROOT
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the project's packages
 
 import typer  # noqa: E402
 
-from benchmarks import report  # noqa: E402
-from benchmarks.bench import DOWNLOAD_HINT, QUICK, SRC, TGT, Bench, BenchmarkError, Settings  # noqa: E402
+from benchmarks import peer, report  # noqa: E402
+from benchmarks.bench import (DOWNLOAD_HINT, QUICK, ROOT, SRC, TGT, Bench, Settings, choose, command,  # noqa: E402
+                              json_option, log, write_json)
+from pipeline.artifacts import Run  # noqa: E402
+from pipeline.errors import ConfigError, InputError, PipelineError  # noqa: E402
 
-log = logging.getLogger("benchmarks")
 SECTIONS = ("train", "decode", "w2v", "stream")
-DEFAULT_DATA = ROOT / "data" / "small_parallel_enja"
-DEFAULT_RUN = ROOT / "saved_models" / "enja"
-DEFAULT_JSON = ROOT / "benchmarks" / "results" / "speed.json"
 
 
 # -- the four sections ----------------------------------------------------------------------------
@@ -64,14 +59,14 @@ def measure_train(bench: Bench) -> dict[str, Any]:
 
 def measure_decode(bench: Bench, run: Path) -> dict[str, Any]:
     s = bench.settings
-    if not (run / "train" / "manifest.json").is_file():
+    if not Run.at(run).has("train"):
         reason = (f"no trained run at {run}: train one (`python cli.py pipeline --config configs/enja.toml`) "
                   "or pass --run")
         log.warning("decode skipped: %s", reason)
         return {"skipped": reason}
     src = bench.data / f"test.{SRC}"
     if not src.is_file():
-        raise BenchmarkError(f"no test set at {src}", hint=DOWNLOAD_HINT)
+        raise InputError(f"no test set at {src}", hint=DOWNLOAD_HINT)
     if s.test_sentences is not None:
         lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[:s.test_sentences]
         src = bench.workdir / f"test.{SRC}"
@@ -122,27 +117,19 @@ def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, wo
               peer_venv: Path | None, peer_steps: int) -> dict[str, Any]:
     for name in (f"train.{SRC}", f"train.{TGT}"):
         if not (data / name).is_file():
-            raise BenchmarkError(f"no {name} in {data}", hint=DOWNLOAD_HINT)
+            raise InputError(f"no {name} in {data}", hint=DOWNLOAD_HINT)
     bench = Bench(settings, data, workdir)
     results: dict[str, Any] = {"about": report.about(settings.threads, bench.env), "settings": asdict(settings),
                                "sections": sections}
     started = time.perf_counter()
-    measures = {"train": measure_train, "decode": lambda b: measure_decode(b, run),
-                "w2v": measure_w2v, "stream": measure_stream}
-    for name in sections:
+    measures = {"train": measure_train, "decode": lambda b: measure_decode(b, run), "w2v": measure_w2v,
+                "stream": measure_stream, "peer": lambda b: peer.measure(peer_venv, b, sections, peer_steps)}
+    for name in sections + (["peer"] if peer_venv else []):
         try:
             results[name] = measures[name](bench)
-        except BenchmarkError as e:
+        except PipelineError as e:  # the other sections go on
             log.error("%s: %s", name, e.message)
             results[name] = {"error": e.message}
-    if peer_venv:
-        from benchmarks import peer
-
-        try:
-            results["peer"] = peer.measure(peer_venv, bench, sections, peer_steps)
-        except BenchmarkError as e:
-            log.error("peer: %s", e.message)
-            results["peer"] = {"error": e.message}
     results["about"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results["about"]["wall_s"] = round(time.perf_counter() - started, 1)
     results["figures"] = report.figures(results)
@@ -161,9 +148,9 @@ def main(
                                                      "(default: the cores this process may use)."),
     precision: Optional[str] = typer.Option(None, help="Training precision: float32 (default), mixed_bfloat16, "
                                                        "mixed_float16."),
-    data: Path = typer.Option(DEFAULT_DATA, help="Folder with train.ja, train.en and test.ja."),
-    run: Path = typer.Option(DEFAULT_RUN, help="A trained run for the decode section."),
-    json_path: Path = typer.Option(DEFAULT_JSON, "--json", help="Where the results go as JSON."),
+    data: Path = typer.Option(ROOT / "data" / "small_parallel_enja", help="Folder with train.ja, train.en, test.ja."),
+    run: Path = typer.Option(ROOT / "saved_models" / "enja", help="A trained run for the decode section."),
+    json_path: Path = json_option(ROOT / "benchmarks" / "results" / "speed.json"),
     markdown: bool = typer.Option(False, help="Print the Markdown section for BENCHMARKS.md instead of the table."),
     from_json: Optional[Path] = typer.Option(None, help="Print the report of an earlier run; measure nothing."),
     peer_venv: Optional[Path] = typer.Option(None, help="A venv with JoeyNMT 2.3.0: measure the peer in this run."),
@@ -172,57 +159,32 @@ def main(
     workdir: Optional[Path] = typer.Option(None, help="Scratch folder, kept afterwards (default: a temporary one)."),
 ):
     """Measure training, decoding, word2vec and streaming speed and memory beside JoeyNMT."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
-    try:
-        if from_json:
-            results = json.loads(from_json.read_text(encoding="utf-8"))
-            results["figures"] = report.figures(results)  # with the report's current rules
-        else:
-            sections = _sections(only)
-            overrides = {k: v for k, v in dict(steps=steps, warmup=warmup, interval=interval, repeats=repeats,
-                                               threads=threads, precision=precision).items() if v is not None}
-            if scales:
-                overrides["scales"] = _scales(scales)
-            settings = replace(Settings(**(QUICK if quick else {})), **overrides)
-            settings.validate()
-            if peer_steps is None:
-                peer_steps = 3 * settings.interval if quick else 600
-            results = _run(settings, sections, data.resolve(), run.resolve(), workdir, peer_venv, peer_steps)
-            _write_json(json_path, results)
-            log.info("results written to %s", json_path)
-    except BenchmarkError as e:
-        typer.echo(f"error: {e.message}", err=True)
-        if e.hint:
-            typer.echo(f"hint: {e.hint}", err=True)
-        raise typer.Exit(1)
-    typer.echo(report.markdown(results) if markdown else report.table(results))
+    if from_json:
+        results = json.loads(from_json.read_text(encoding="utf-8"))
+        results["figures"] = report.figures(results)  # with the report's current rules
+    else:
+        sections = [name for name in SECTIONS if name in choose(only, SECTIONS, "section")]
+        overrides = {k: v for k, v in dict(steps=steps, warmup=warmup, interval=interval, repeats=repeats,
+                                           threads=threads, precision=precision).items() if v is not None}
+        if scales:
+            overrides["scales"] = _scales(scales)
+        settings = replace(Settings(**(QUICK if quick else {})), **overrides)
+        settings.validate()
+        if peer_steps is None:
+            peer_steps = 3 * settings.interval if quick else 600
+        if settings.quick:
+            log.warning("quick mode: a smoke test on tiny sizes; its figures say nothing about speed")
+        if (load := os.getloadavg()[0]) > 0.5:
+            log.warning("load average %.1f on %d cores: other work shares the CPU, figures will be low",
+                        load, os.cpu_count())
+        with tempfile.TemporaryDirectory(prefix="nmt-speed-") as scratch:
+            folder = Path(workdir or scratch).resolve()
+            folder.mkdir(parents=True, exist_ok=True)
+            results = benchmark(settings, sections, data.resolve(), run.resolve(), folder, peer_venv, peer_steps)
+        write_json(json_path, results)
+    typer.echo(report.render(results, markdown))
     if any("error" in results.get(name, {}) for name in SECTIONS + ("peer",)):
         raise typer.Exit(1)
-
-
-def _run(settings, sections, data, run, workdir, peer_venv, peer_steps) -> dict[str, Any]:
-    if settings.quick:
-        log.warning("quick mode: a smoke test on tiny sizes; its figures say nothing about speed")
-    load = os.getloadavg()[0]
-    if load > 0.5:
-        log.warning("load average %.1f on %d cores: other work shares the CPU, figures will be low",
-                    load, os.cpu_count())
-    if workdir:
-        workdir.mkdir(parents=True, exist_ok=True)
-        return benchmark(settings, sections, data, run, workdir.resolve(), peer_venv, peer_steps)
-    scratch = Path(tempfile.mkdtemp(prefix="nmt-speed-"))
-    try:
-        return benchmark(settings, sections, data, run, scratch, peer_venv, peer_steps)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _sections(only: str) -> list[str]:
-    chosen = [name.strip() for name in only.split(",") if name.strip()]
-    for name in chosen:
-        if name not in SECTIONS:
-            raise BenchmarkError(f"unknown section {name!r}; valid sections: {', '.join(SECTIONS)}")
-    return [name for name in SECTIONS if name in chosen]
 
 
 def _scales(text: str) -> tuple[int, ...]:
@@ -231,15 +193,9 @@ def _scales(text: str) -> tuple[int, ...]:
     except ValueError:
         values = ()
     if not values or min(values) < 1:
-        raise BenchmarkError(f"--scales takes whole numbers >= 1 separated by commas; got {text!r}")
+        raise ConfigError(f"--scales takes whole numbers >= 1 separated by commas; got {text!r}")
     return values
 
 
-def _write_json(path: Path, results: dict[str, Any]) -> None:
-    from pipeline.artifacts import write_json_atomic
-
-    write_json_atomic(path, results)
-
-
 if __name__ == "__main__":
-    typer.run(main)
+    command(main)

@@ -24,17 +24,17 @@ reach if every part ran at the peak rate, the bound that arithmetic alone sets.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the project's packages
+
+import typer  # noqa: E402
+
+from benchmarks.bench import command, json_option, log, table, write_json  # noqa: E402
 
 
 def flops(b: int, s: int, t: int, embed: int, units: int, att: int, vocab: int, gates: int,
@@ -54,22 +54,19 @@ def flops(b: int, s: int, t: int, embed: int, units: int, att: int, vocab: int, 
     return parts
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--src-len", type=int, default=16,
-                        help="Source pieces a sentence, </s> included (ja-en batches: 15.9 on average).")
-    parser.add_argument("--tgt-len", type=int, default=11,
-                        help="Target pieces a sentence, <s> included (ja-en batches: 10.7).")
-    parser.add_argument("--vocab", type=int, default=4000)
-    parser.add_argument("--embed", type=int, default=256)
-    parser.add_argument("--units", type=int, default=256)
-    parser.add_argument("--cell", default="gru")
-    parser.add_argument("--rounds", type=int, default=7, help="Timed rounds, after one untimed.")
-    parser.add_argument("--repeats", type=int, default=10, help="Calls of each part a round.")
-    parser.add_argument("--json", default=None, help="Write the figures as JSON to this file ('-': stdout).")
-    args = parser.parse_args()
-
+def main(
+    batch: int = typer.Option(64),
+    src_len: int = typer.Option(16, help="Source pieces a sentence, </s> included (ja-en batches: 15.9 on average)."),
+    tgt_len: int = typer.Option(11, help="Target pieces a sentence, <s> included (ja-en batches: 10.7)."),
+    vocab: int = typer.Option(4000),
+    embed: int = typer.Option(256),
+    units: int = typer.Option(256),
+    cell: str = typer.Option("gru"),
+    rounds: int = typer.Option(7, help="Timed rounds, after one untimed."),
+    repeats: int = typer.Option(10, help="Calls of each part a round."),
+    json_path: Optional[Path] = json_option(None),
+):
+    """Where a training step's time goes, part by part, against the arithmetic it has to do."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -79,16 +76,16 @@ def main() -> None:
     from pipeline.train import compile_for_training, masked_loss
 
     keras.utils.set_random_seed(1)
-    config = ModelConfig(cell=args.cell, embed_dim=args.embed, units=args.units, attention_units=args.units)
-    model = build_model(config, args.vocab, args.vocab)
+    config = ModelConfig(cell=cell, embed_dim=embed, units=units, attention_units=units)
+    model = build_model(config, vocab, vocab)
     train = TrainConfig()
     compile_for_training(model, train)
     loss_fn = masked_loss(train.label_smoothing)
     rng = np.random.default_rng(1)
-    b, s, t = args.batch, args.src_len, args.tgt_len
-    src = tf.constant(rng.integers(4, args.vocab, (b, s)), tf.int32)
-    tgt_in = tf.constant(rng.integers(4, args.vocab, (b, t)), tf.int32)
-    tgt_out = tf.constant(rng.integers(4, args.vocab, (b, t)), tf.int32)
+    b, s, t = batch, src_len, tgt_len
+    src = tf.constant(rng.integers(4, vocab, (b, s)), tf.int32)
+    tgt_in = tf.constant(rng.integers(4, vocab, (b, t)), tf.int32)
+    tgt_out = tf.constant(rng.integers(4, vocab, (b, t)), tf.int32)
     encoded, state = model.encode(src)
     encoded = tf.nest.map_structure(tf.identity, encoded)
     state = tuple(tf.identity(x) for x in state)
@@ -123,14 +120,15 @@ def main() -> None:
         h, c = model.recurrence(encoded, state, projected)
         return tf.reduce_sum(h) + tf.reduce_sum(c)
 
-    def output():
+    def output():  # Seq2Seq has no public readout-and-logits call yet: its two private steps, as
+        # decode_teacher_forced chains them after the recurrence
         embedded = model.dropout(model.tgt_embedding(tgt_in), training=True)
         proj = model.decoder_cell.project_inputs(embedded)
         logits = model._logits(model._readout(hidden, contexts, embedded, training=True))
         return loss_fn(tgt_out, logits) + 1e-9 * tf.reduce_sum(proj)
 
-    weight = tf.constant(rng.standard_normal((args.embed, args.vocab)), tf.float32)
-    rows = tf.constant(rng.standard_normal((b * t, args.embed)), tf.float32)
+    weight = tf.constant(rng.standard_normal((embed, vocab)), tf.float32)
+    rows = tf.constant(rng.standard_normal((b * t, embed)), tf.float32)
     square = tf.constant(rng.standard_normal((1024, 1024)), tf.float32)
     parts = {
         "step": lambda: model.train_on_batch((src, tgt_in), tgt_out),
@@ -141,24 +139,23 @@ def main() -> None:
         "peak": tf.function(lambda: tf.matmul(square, square)),
     }
     times: dict[str, list[float]] = {name: [] for name in parts}
-    for round_ in range(args.rounds + 1):
+    for round_ in range(rounds + 1):
         for name, fn in parts.items():
             start = time.perf_counter()
-            for _ in range(args.repeats):
+            for _ in range(repeats):
                 result = fn()
             if name != "step":
                 tf.nest.map_structure(lambda x: x.numpy() if hasattr(x, "numpy") else x, result)
             if round_:  # the first round traces
-                times[name].append((time.perf_counter() - start) / args.repeats)
-        print(f"round {round_}/{args.rounds}", file=sys.stderr, flush=True)
+                times[name].append((time.perf_counter() - start) / repeats)
+        log.info("round %d/%d", round_, rounds)
 
-    work = flops(b, s, t, args.embed, args.units, args.units, args.vocab, 3 if args.cell == "gru" else 4,
-                 config.layers)
+    work = flops(b, s, t, embed, units, units, vocab, 3 if cell == "gru" else 4, config.layers)
     ms = {name: statistics.median(v) * 1000 for name, v in times.items()}
     peak = max(work[n] / ms[n] / 1e6 for n in ("matmul", "peak"))  # GFLOP/s
     figures = {
-        "shape": {"batch": b, "src_len": s, "tgt_len": t, "vocab": args.vocab, "embed": args.embed,
-                  "units": args.units, "cell": args.cell},
+        "shape": {"batch": b, "src_len": s, "tgt_len": t, "vocab": vocab, "embed": embed, "units": units,
+                  "cell": cell},
         "parts": {name: {"ms": round(ms[name], 2), "gflop": round(work[name] / 1e9, 6),
                          "gflop_per_s": round(work[name] / ms[name] / 1e6, 3),
                          "runs_ms": [round(x * 1000, 2) for x in times[name]]} for name in parts},
@@ -166,19 +163,18 @@ def main() -> None:
         "arithmetic_bound_tok_per_s": round(b * t / (work["step"] / peak / 1e6) * 1000),
     }
     figures["parts_sum_ms"] = round(ms["encoder"] + ms["recurrence"] + ms["output"], 2)
-    print(f"batch {b} x source {s} x target {t} pieces, vocab {args.vocab}, embed {args.embed}, "
-          f"{args.cell} {args.units}; medians of {args.rounds} rounds of {args.repeats} calls")
-    print(f"{'part':<11} {'ms':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8}")
-    for name in parts:
+    print(f"batch {b} x source {s} x target {t} pieces, vocab {vocab}, embed {embed}, "
+          f"{cell} {units}; medians of {rounds} rounds of {repeats} calls")
+    rows = []
+    for name, p in figures["parts"].items():
         share = f"{ms[name] / ms['step']:.0%}" if name in ("encoder", "recurrence", "output") else ""
-        p = figures["parts"][name]
-        print(f"{name:<11} {p['ms']:>8.2f} {share:>6} {p['gflop']:>7.3f} {p['gflop_per_s']:>8.1f}")
+        rows.append([name, f"{p['ms']:.2f}", share, f"{p['gflop']:.3f}", f"{p['gflop_per_s']:.1f}"])
+    print("\n".join(table(["part", "ms", "share", "GFLOP", "GFLOP/s"], rows)))
     print(f"step: {figures['target_tok_per_s']:,} target tok/s; at {peak:.0f} GFLOP/s throughout: "
           f"{figures['arithmetic_bound_tok_per_s']:,}")
-    if args.json:
-        text = json.dumps(figures, indent=2) + "\n"
-        sys.stdout.write(text) if args.json == "-" else Path(args.json).write_text(text)
+    if json_path:
+        write_json(json_path, figures)
 
 
 if __name__ == "__main__":
-    main()
+    command(main)
