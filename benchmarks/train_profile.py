@@ -120,11 +120,10 @@ def main(
         h, c = model.recurrence(encoded, state, projected)
         return tf.reduce_sum(h) + tf.reduce_sum(c)
 
-    def output():  # Seq2Seq has no public readout-and-logits call yet: its two private steps, as
-        # decode_teacher_forced chains them after the recurrence
+    def output():  # the output layer, as decode_teacher_forced applies it after the recurrence
         embedded = model.dropout(model.tgt_embedding(tgt_in), training=True)
         proj = model.decoder_cell.project_inputs(embedded)
-        logits = model._logits(model._readout(hidden, contexts, embedded, training=True))
+        logits = model.output_logits(hidden, contexts, embedded, training=True)
         return loss_fn(tgt_out, logits) + 1e-9 * tf.reduce_sum(proj)
 
     weight = tf.constant(rng.standard_normal((embed, vocab)), tf.float32)

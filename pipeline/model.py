@@ -164,6 +164,11 @@ class Seq2Seq(keras.Model):
         """tgt_in (batch, tgt_len) = <s> y_1 … y_{n-1} -> logits (batch, tgt_len, tgt_vocab)."""
         embedded = self.dropout(self.tgt_embedding(tgt_in), training=training)  # (batch, T, E)
         hidden, contexts = self.recurrence(encoded, state, self.decoder_cell.project_inputs(embedded))
+        return self.output_logits(hidden, contexts, embedded, training)
+
+    def output_logits(self, hidden, contexts, embedded, training=False):
+        """The output layer of teacher forcing: s_1..s_T (batch, T, units), c_1..c_T (batch, T,
+        2*units) and E y_0..y_{T-1} (batch, T, E) -> logits (batch, T, tgt_vocab)."""
         return self._logits(self._readout(hidden, contexts, embedded, training))
 
     def recurrence(self, encoded: Encoded, state, projected):
