@@ -101,7 +101,8 @@ class PretrainConfig(Section):
 @dataclass(frozen=True)
 class ModelConfig(Section):
     SECTION = "model"
-    cell: str = setting("gru", "Recurrent cell of encoder and decoder.", choices=("gru", "lstm"))
+    cell: str = setting("gru", "Recurrent cell of encoder and decoder; lstm-peephole: an LSTM whose gates also "
+                               "see the cell state (Gers and Schmidhuber).", choices=("gru", "lstm", "lstm-peephole"))
     embed_dim: int = setting(256, "Embedding size of both languages' pieces.", low=1)
     units: int = setting(256, "RNN units (encoder: per direction; decoder).", low=1)
     layers: int = setting(1, "Bidirectional encoder layers.", low=1)

@@ -35,9 +35,58 @@ class Encoded(NamedTuple):
     mask: tf.Tensor  # (batch, src_len) bool, True on real tokens
 
 
+def peephole_lstm(z, c_prev, peephole):
+    """One LSTM step with peephole connections (Gers and Schmidhuber 2000): the input and forget
+    gates also see the previous cell state, the output gate the new one.
+
+        i = σ(z_i + p_i ⊙ c_{t-1})   f = σ(z_f + p_f ⊙ c_{t-1})   c_t = f ⊙ c_{t-1} + i ⊙ tanh(z_g)
+        o = σ(z_o + p_o ⊙ c_t)       h_t = o ⊙ tanh(c_t)
+
+    z (batch, 4*units): the gates' pre-activations W x + U h_{t-1} + b, in the order i, f, g, o;
+    c_prev (batch, units); peephole (3, units): p_i, p_f, p_o. Returns (h_t, c_t)."""
+    z_i, z_f, z_g, z_o = ops.split(z, 4, axis=-1)
+    peephole = _as(peephole, z)
+    i = ops.sigmoid(z_i + peephole[0] * c_prev)
+    f = ops.sigmoid(z_f + peephole[1] * c_prev)
+    c = f * c_prev + i * ops.tanh(z_g)
+    o = ops.sigmoid(z_o + peephole[2] * c)
+    return o * ops.tanh(c), c
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class PeepholeLSTMCell(keras.layers.Layer):
+    """The encoder's LSTM cell with peephole connections, for `keras.layers.RNN` (Keras's own LSTM
+    has none). Forget-gate bias 1; peepholes start at 0, a plain LSTM."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.state_size = [units, units]
+        self.output_size = units
+
+    def build(self, input_shape):
+        u = self.units
+        self.kernel = self.add_weight((input_shape[-1], 4 * u), initializer="glorot_uniform", name="kernel")
+        self.recurrent_kernel = self.add_weight((u, 4 * u), initializer="orthogonal", name="recurrent_kernel")
+        self.bias = self.add_weight((4 * u,), initializer="zeros", name="bias")
+        self.bias.assign(ops.concatenate([ops.zeros(u), ops.ones(u), ops.zeros(2 * u)]))
+        self.peephole = self.add_weight((3, u), initializer="zeros", name="peephole")
+        self.built = True
+
+    def call(self, inputs, states, training=False):
+        """inputs (batch, input_dim), states [h, c] (batch, units) each -> h_t, [h_t, c_t]."""
+        h, c = states
+        z = ops.matmul(inputs, self.kernel) + ops.matmul(h, self.recurrent_kernel) + self.bias
+        h, c = peephole_lstm(z, c, self.peephole)
+        return h, [h, c]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
 @keras.saving.register_keras_serializable(package="pipeline")
 class DecoderCell(keras.layers.Layer):
-    """A GRU or LSTM cell whose input is [E y_{t-1}; c_t].
+    """A GRU, LSTM or peephole LSTM cell whose input is [E y_{t-1}; c_t].
 
     The embedding half of the input projection, `project_inputs`, is applied to all target
     positions at once; each step adds only the context's projection and the recurrent term.
@@ -57,9 +106,11 @@ class DecoderCell(keras.layers.Layer):
         bias_init = "zeros"
         self.b_input = self.add_weight((width,), initializer=bias_init, name="b_input")
         self.b_recurrent = self.add_weight((width,), initializer=bias_init, name="b_recurrent")
-        if self.cell == "lstm":  # forget-gate bias 1 (Jozefowicz et al. 2015)
+        if self.cell != "gru":  # forget-gate bias 1 (Jozefowicz et al. 2015)
             self.b_recurrent.assign(ops.concatenate([ops.zeros(self.units), ops.ones(self.units),
                                                      ops.zeros(2 * self.units)]))
+        if self.cell == "lstm-peephole":  # p_i, p_f, p_o; 0 at first: a plain LSTM
+            self.peephole = self.add_weight((3, self.units), initializer="zeros", name="peephole")
         self.built = True
 
     def initial_state(self, h0):
@@ -82,6 +133,8 @@ class DecoderCell(keras.layers.Layer):
             r = ops.sigmoid(x_r + h_r)
             n = ops.tanh(x_n + r * h_n)
             return ((1.0 - z) * n + z * h,)
+        if self.cell == "lstm-peephole":
+            return peephole_lstm(x + recurrent, state[1], self.peephole)
         i, f, g, o = ops.split(x + recurrent, 4, axis=-1)
         c = ops.sigmoid(f) * state[1] + ops.sigmoid(i) * ops.tanh(g)
         return (ops.sigmoid(o) * ops.tanh(c), c)
@@ -102,11 +155,8 @@ class Seq2Seq(keras.Model):
 
         self.src_embedding = keras.layers.Embedding(src_vocab, embed_dim, name="src_embedding")
         self.tgt_embedding = keras.layers.Embedding(tgt_vocab, embed_dim, name="tgt_embedding")
-        rnn = keras.layers.GRU if cell == "gru" else keras.layers.LSTM
         self.encoder_layers = [
-            keras.layers.Bidirectional(rnn(units, return_sequences=True, return_state=True),
-                                       name=f"encoder_{i}")
-            for i in range(layers)
+            keras.layers.Bidirectional(_encoder_rnn(cell, units), name=f"encoder_{i}") for i in range(layers)
         ]
         self.bridge = keras.layers.Dense(units, activation="tanh", name="bridge")
         self.attention = BahdanauAttention(attention_units, name="attention")
@@ -220,6 +270,14 @@ class Seq2Seq(keras.Model):
             "attention_units": self.attention_units, "dropout": self.dropout_rate,
             "tie_embeddings": self.tie_embeddings,
         }
+
+
+def _encoder_rnn(cell: str, units: int) -> keras.layers.Layer:
+    """One direction of an encoder layer; Keras's GRU and LSTM run on cuDNN on a GPU."""
+    if cell == "lstm-peephole":
+        return keras.layers.RNN(PeepholeLSTMCell(units), return_sequences=True, return_state=True)
+    rnn = keras.layers.GRU if cell == "gru" else keras.layers.LSTM
+    return rnn(units, return_sequences=True, return_state=True)
 
 
 def _as(variable, like):

@@ -95,7 +95,7 @@ def test_overrides_on_the_command_line_win_over_the_file_and_are_validated(tmp_p
     path = ROOT / "configs" / "enja.toml"
     config = load_pipeline_config(path, ["--train.epochs", "3", "--model.cell=lstm", "--run", "elsewhere"])
     assert (config.train.epochs, config.model.cell, config.run) == (3, "lstm", "elsewhere")
-    with pytest.raises(ConfigError, match="model.cell must be one of gru, lstm; got 'rnn'"):
+    with pytest.raises(ConfigError, match="model.cell must be one of gru, lstm, lstm-peephole; got 'rnn'"):
         load_pipeline_config(path, ["--model.cell", "rnn"])
     with pytest.raises(ConfigError, match="unknown config key train.epoch"):
         load_pipeline_config(path, ["--train.epoch", "3"])

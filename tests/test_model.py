@@ -103,3 +103,58 @@ def test_saved_model_reloads_identically(tmp_path):
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras", compile=False)
     np.testing.assert_array_equal(np.asarray(model((src, tgt))), np.asarray(again((src, tgt))))
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _peephole_step(z, c_prev, p):
+    """Gers and Schmidhuber's peephole LSTM step, by hand: gates i, f, g, o in that order."""
+    z_i, z_f, z_g, z_o = np.split(z, 4, axis=-1)
+    i, f = _sigmoid(z_i + p[0] * c_prev), _sigmoid(z_f + p[1] * c_prev)
+    c = f * c_prev + i * np.tanh(z_g)
+    return _sigmoid(z_o + p[2] * c) * np.tanh(c), c
+
+
+def test_the_peephole_lstm_cells_compute_one_step_as_by_hand():
+    from pipeline.model import DecoderCell, PeepholeLSTMCell
+
+    rng = np.random.default_rng(3)
+    units, batch = 4, 2
+    encoder = PeepholeLSTMCell(units)
+    encoder.build((batch, 5))
+    decoder = DecoderCell("lstm-peephole", units)
+    decoder.build(6, 3)
+    for layer in (encoder, decoder):  # peepholes start at 0: give them values that show
+        for w in layer.weights:
+            w.assign(rng.normal(size=w.shape).astype("float32"))
+    x, h, c = (rng.normal(size=s).astype("float32") for s in ((batch, 5), (batch, units), (batch, units)))
+    got_h, (_, got_c) = encoder(x, [h, c])
+    z = x @ encoder.kernel.numpy() + h @ encoder.recurrent_kernel.numpy() + encoder.bias.numpy()
+    want_h, want_c = _peephole_step(z, c, encoder.peephole.numpy())
+    np.testing.assert_allclose(got_h, want_h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_c, want_c, rtol=1e-5, atol=1e-6)
+
+    embedded, context = rng.normal(size=(batch, 6)).astype("float32"), rng.normal(size=(batch, 3)).astype("float32")
+    got_h, got_c = decoder(decoder.project_inputs(embedded), context, (h, c))
+    z = (embedded @ decoder.w_input.numpy() + decoder.b_input.numpy() + context @ decoder.w_context.numpy()
+         + h @ decoder.w_recurrent.numpy() + decoder.b_recurrent.numpy())
+    want_h, want_c = _peephole_step(z, c, decoder.peephole.numpy())
+    np.testing.assert_allclose(got_h, want_h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_c, want_c, rtol=1e-5, atol=1e-6)
+
+
+def test_a_peephole_lstm_model_trains_a_step_and_reloads(tmp_path):
+    import keras
+
+    from pipeline.checkpoints import save_for_inference
+
+    model = build_model(ModelConfig(cell="lstm-peephole", embed_dim=8, units=8, attention_units=8), 20, 20)
+    src = np.array([[5, 6, 3], [7, 3, 0]], np.int32)
+    assert model((src, src)).shape == (2, 3, 20)
+    peepholes = [w for w in model.weights if w.path.endswith("/peephole")]
+    assert len(peepholes) == 3  # forward and backward encoder, decoder
+    save_for_inference(model, tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_allclose(again((src, src)), model((src, src)), rtol=1e-6)
