@@ -44,6 +44,7 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "tatoeba ja-en": ("configs/tatoeba_jaen.toml", {}, (1, 5)),
     "ja-en, random embeddings": ("configs/enja.toml", {"train": {"pretrained": False}}, (1, 5)),
     "ja-en, LSTM": ("configs/enja.toml", {"model": {"cell": "lstm"}}, (1, 5)),
+    "ja-en, LSTM peephole": ("configs/enja.toml", {"model": {"cell": "lstm-peephole"}}, (1, 5)),
     "ja-en, 2 encoder layers": ("configs/enja.toml", {"model": {"layers": 2}}, (1, 5)),
     "ja-en, no label smoothing": ("configs/enja.toml", {"train": {"label_smoothing": 0.0}}, (1, 5)),
 }
