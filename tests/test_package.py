@@ -18,25 +18,26 @@ def _venv(path):
     return path / "bin"
 
 
-@pytest.mark.parametrize("editable", [False, True], ids=["install", "editable"])
-def test_pip_install_gives_the_nmt_command_with_version_and_help(tmp_path, editable):
-    bin_dir = _venv(tmp_path / "venv")
-    target = ["-e", str(ROOT)] if editable else [str(ROOT)]
-    install = subprocess.run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q",
-                              "--no-deps", "--no-build-isolation", *target],
-                             capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert install.returncode == 0, install.stderr
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    version = subprocess.run([bin_dir / "nmt", "--version"], capture_output=True, text=True, cwd=elsewhere)
+def test_pip_install_and_install_e_give_the_nmt_command_with_version_and_help(tmp_path):
     from pipeline import __version__
 
-    assert version.returncode == 0 and version.stdout == f"nmt-pipeline {__version__}\n"
-    helped = subprocess.run([bin_dir / "nmt", "tokenize", "--help"], capture_output=True, text=True, cwd=elsewhere)
-    assert helped.returncode == 0 and "--vocab-size" in helped.stdout
-    where = subprocess.run([bin_dir / "python", "-c", "import pipeline, cli; print(pipeline.__file__)"],
-                           capture_output=True, text=True, cwd=elsewhere)
-    assert (str(ROOT) in where.stdout) == editable  # installed: a copy in site-packages
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for editable in (False, True):  # one after the other: both build in the checkout
+        bin_dir = _venv(tmp_path / f"venv{int(editable)}")
+        target = ["-e", str(ROOT)] if editable else [str(ROOT)]
+        install = subprocess.run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install",
+                                  "-q", "--no-deps", "--no-build-isolation", *target],
+                                 capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert install.returncode == 0, install.stderr
+        version = subprocess.run([bin_dir / "nmt", "--version"], capture_output=True, text=True, cwd=elsewhere)
+        assert version.returncode == 0 and version.stdout == f"nmt-pipeline {__version__}\n"
+        helped = subprocess.run([bin_dir / "nmt", "tokenize", "--help"], capture_output=True, text=True,
+                                cwd=elsewhere)
+        assert helped.returncode == 0 and "--vocab-size" in helped.stdout
+        where = subprocess.run([bin_dir / "python", "-c", "import pipeline, cli; print(pipeline.__file__)"],
+                               capture_output=True, text=True, cwd=elsewhere)
+        assert (str(ROOT) in where.stdout) == editable  # installed: a copy in site-packages
 
 
 def test_the_readme_python_example_runs_as_written(tiny_run, capsys):

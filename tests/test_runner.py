@@ -12,6 +12,7 @@ import pytest
 import pipeline.model  # noqa: F401 (registers Seq2Seq, the class model.keras names)
 from pipeline.artifacts import Declaration, Run
 from pipeline.config import ConfigError, load_pipeline_config
+from tests.conftest import cli_in_process
 from tests.test_cli import cli
 from tests.test_reliability import cli as cli_killed
 
@@ -51,7 +52,7 @@ def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_co
     config = _config(tmp_path, toy_corpus, epochs=2)
     killed = cli_killed("pipeline", "--config", config, kill_at="backup-saved:1")  # in training, after epoch 1
     assert killed.returncode == -signal.SIGKILL
-    first = json.loads(cli("pipeline", "--config", config).stdout)
+    first = json.loads(cli_in_process("pipeline", "--config", config).stdout)
     assert {k: v["status"] for k, v in first["stages"].items()} == {
         "tokenize": "skipped", "pretrain": "skipped", "train": "ran", "evaluate": "ran"}
     assert first["stages"]["train"]["report"]["resumed_after_epoch"] == 1  # it went on from epoch 1
@@ -59,7 +60,7 @@ def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_co
     run = Run.at(tmp_path / "run")
     resumed = _weights(run)
 
-    again = json.loads(cli("pipeline", "--config", config).stdout)
+    again = json.loads(cli_in_process("pipeline", "--config", config).stdout)
     assert [s["status"] for s in again["stages"].values()] == ["skipped"] * 4
 
     # a stage rerun by hand outdates the stages after it
@@ -67,16 +68,16 @@ def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_co
     with run.writing("train", from_current=True) as stage:
         stage.finish(Declaration(manifest["config"], {k: v["path"] for k, v in manifest["inputs"].items()}),
                      list(manifest["outputs"]), extra={"tokenizer": manifest["tokenizer"], "report": manifest["report"]})
-    rewritten = json.loads(cli("pipeline", "--config", config).stdout)
+    rewritten = json.loads(cli_in_process("pipeline", "--config", config).stdout)
     assert [s["status"] for s in rewritten["stages"].values()] == ["skipped"] * 3 + ["ran"]
 
-    forced = json.loads(cli("pipeline", "--config", config, "--force").stdout)  # uninterrupted this time
+    forced = json.loads(cli_in_process("pipeline", "--config", config, "--force").stdout)  # uninterrupted this time
     assert [s["status"] for s in forced["stages"].values()] == ["ran"] * 4
     for got, want in zip(_weights(run), resumed, strict=True):
         np.testing.assert_array_equal(got, want)  # the resumed training ended as this one did
 
     config = _config(tmp_path, toy_corpus, epochs=1)  # a train setting changed
-    changed = json.loads(cli("pipeline", "--config", config).stdout)
+    changed = json.loads(cli_in_process("pipeline", "--config", config).stdout)
     assert {k: v["status"] for k, v in changed["stages"].items()} == {
         "tokenize": "skipped", "pretrain": "skipped", "train": "ran", "evaluate": "ran"}
 
