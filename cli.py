@@ -400,6 +400,21 @@ def plot(
 
 
 @app.command()
+@settings(decode=Options(DecodeConfig, only=("beam", "length_penalty", "max_len_ratio", "max_input_tokens")))
+def export(
+    ctx: typer.Context,
+    run: list[str] = RunsOpt,
+    out: str = typer.Option(..., "--out", help="Directory for the SavedModel; it must not exist, or be empty."),
+    greedy: bool = typer.Option(False, "--greedy", help="Greedy search by default (serving_default)."),
+    *, decode: DecodeConfig,
+):
+    """Write a TensorFlow SavedModel that translates raw text (tokenizers, model, search in one graph)."""
+    from pipeline.export import export as stage
+
+    _print_json(_guard(lambda: stage([_run(r) for r in run], out, _strategy(ctx, decode, greedy, False))))
+
+
+@app.command()
 def download(
     corpus: str = typer.Argument("small_parallel_enja", help="Which corpus."),
     dest: Optional[Path] = typer.Option(None, help="Folder to fill (default: data/CORPUS)."),

@@ -90,7 +90,7 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in ("numpy", "sentencepiece", "tensorflow", "keras", "nltk", "sacrebleu"):
+    for name in ("numpy", "sentencepiece", "tensorflow", "tensorflow_text", "keras", "nltk", "sacrebleu"):
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = getattr(module, "__version__", "?")
@@ -229,20 +229,27 @@ class StageWriter:
     def finish(self, declared: Declaration, outputs: list[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record the stage as finished: the manifest, written last. `outputs` are file names
         inside the stage directory."""
-        manifest = {
-            "stage": self.stage,
-            "config": declared.settings,
-            "inputs": {k: _describe(Path(v)) for k, v in declared.inputs.items() if v is not None},
-            "outputs": {name: sha256(self.dir / name) for name in outputs},
-            "versions": library_versions(),
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "finished_unix": time.time(),  # later stages compare it: an upstream rerun outdates them
-        }
-        if extra:
-            manifest.update(extra)
-        write_json_atomic(self.dir / MANIFEST, manifest)
-        self.manifest = manifest
-        return manifest
+        self.manifest = write_manifest(self.dir, self.stage, declared, outputs, extra)
+        return self.manifest
+
+
+def write_manifest(directory: Path, stage: str, declared: Declaration, outputs: list[str],
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write `directory/manifest.json`: the stage, its declared settings and inputs (hashed), its
+    `outputs` (paths relative to `directory`, hashed), library versions and time."""
+    manifest = {
+        "stage": stage,
+        "config": declared.settings,
+        "inputs": {k: _describe(Path(v)) for k, v in declared.inputs.items() if v is not None},
+        "outputs": {name: sha256(directory / name) for name in outputs},
+        "versions": library_versions(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished_unix": time.time(),  # later stages compare it: an upstream rerun outdates them
+    }
+    if extra:
+        manifest.update(extra)
+    write_json_atomic(directory / MANIFEST, manifest)
+    return manifest
 
 
 class RunLock:

@@ -58,7 +58,7 @@ class Searcher:
         return self._sample(src, limits, tf.constant(temperature, tf.float32), top_k, seed, attention)
 
     def beam(self, src, limits, beam: int, length_penalty: float, n_best: int = 1, attention: bool = False):
-        result = self._beam(src, limits, beam, tf.constant(length_penalty, tf.float32), attention)
+        result = self._beam(src, limits, beam, tf.cast(length_penalty, tf.float32), attention)
         return SearchResult(*(x[:, :n_best] for x in result))
 
     # -- greedy and sampling share one loop --------------------------------------------------

@@ -18,7 +18,7 @@ SECTIONS = [SplitConfig, TokenizeConfig, PretrainConfig, ModelConfig, TrainConfi
             DataConfig]
 # the commands whose options set each section's fields
 COMMANDS = {"split": {"split"}, "tokenize": {"tokenize"}, "pretrain": {"pretrain"}, "model": {"train"},
-            "train": {"train", "average"}, "decode": {"translate", "evaluate", "score"},
+            "train": {"train", "average"}, "decode": {"translate", "evaluate", "score", "export", "plot"},
             "evaluate": {"evaluate", "train"}, "data": {"split", "tokenize", "train"}}
 # settings the CLI reaches by other means than an option of their own
 REACHED_OTHERWISE = {
