@@ -197,7 +197,7 @@ def _check_text_ops() -> None:
         import tensorflow_text  # noqa: F401
     except ImportError as e:
         raise PipelineError(f"export needs tensorflow-text ({first_line(e)})",
-                            hint=f"pip install tensorflow-text=={tf.__version__.rsplit('.', 1)[0]}.*") from None
+                            hint="pip install --no-deps -r requirements-export.txt") from None
 
 
 @contextlib.contextmanager
