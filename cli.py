@@ -209,11 +209,19 @@ def tokenize(run: str = RunOpt, *, config: TokenizeConfig, data: DataConfig):
 
 @app.command()
 @settings(config=Options(PretrainConfig))
-def pretrain(run: str = RunOpt, *, config: PretrainConfig):
+def pretrain(
+    run: str = RunOpt,
+    details: bool = typer.Option(False, help="Also print each side's nearest neighbours of frequent pieces "
+                                              "(always in RUN/pretrain/manifest.json)."),
+    *, config: PretrainConfig,
+):
     """Train word2vec (skip-gram, negative sampling) embeddings of each side's pieces."""
     from pipeline.pretrain import pretrain as stage
 
-    _print_json(_guard(lambda: stage(_run(run), config)))
+    report = _guard(lambda: stage(_run(run), config))
+    if not details:
+        report = {side: {k: v for k, v in part.items() if k != "neighbours"} for side, part in report.items()}
+    _print_json(report)
 
 
 @app.command()

@@ -25,7 +25,7 @@ def read_lines(path: str | Path) -> Iterator[str]:
         return
     path = Path(path)
     if not path.exists():
-        raise InputError(f"file not found: {path}")
+        raise InputError(f"file not found: {path}", hint=_download_hint(path))
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a text file")
     try:
@@ -34,6 +34,14 @@ def read_lines(path: str | Path) -> Iterator[str]:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     with f:
         yield from _lines(f, str(path))
+
+
+def _download_hint(path: Path) -> str | None:
+    """For a missing file of a corpus `download` knows (data/small_parallel_enja/train.ja, say)."""
+    from pipeline.download import CORPORA
+
+    known = [part for part in path.parts if part in CORPORA]
+    return f"fetch it first: `python cli.py download {known[-1]}`" if known else None
 
 
 def _lines(stream: BinaryIO, name: str) -> Iterator[str]:

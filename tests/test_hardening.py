@@ -400,3 +400,16 @@ def test_shards_of_a_file_concatenate_to_the_unsharded_translation(tiny_run, toy
     for bad in ("0/3", "4/3", "x"):
         assert error_lines(cli("translate", "--run", tiny_run.root, "-i", src, "--shard", bad, check=False))[0] == (
             f"error: --shard must be K/N with 1 <= K <= N, e.g. 2/8; got '{bad}'")
+
+
+def test_a_missing_corpus_file_hints_download_and_pretrain_prints_a_brief_report(tmp_path, toy_corpus):
+    proc = cli("tokenize", "--run", tmp_path / "run", "--src", "data/small_parallel_enja/train.ja",
+               "--tgt", "data/small_parallel_enja/train.en", check=False)
+    assert error_lines(proc) == ["error: file not found: data/small_parallel_enja/train.ja",
+                                 "hint: fetch it first: `python cli.py download small_parallel_enja`"]
+    cli("tokenize", "--run", tmp_path / "run", "--src", toy_corpus["train_src"], "--tgt", toy_corpus["train_tgt"],
+        "--vocab-size", "60")
+    brief = json.loads(cli("pretrain", "--run", tmp_path / "run", "--dim", "8", "--epochs", "1").stdout)
+    assert set(brief) == {"src", "tgt"} and "neighbours" not in brief["src"] and brief["src"]["words_per_second"] > 0
+    full = json.loads(cli("pretrain", "--run", tmp_path / "run", "--dim", "8", "--epochs", "1", "--details").stdout)
+    assert full["src"]["neighbours"]
