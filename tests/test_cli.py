@@ -76,7 +76,7 @@ def test_the_tiny_model_learned_the_toy_language(tiny_run):
     (["train", "--run", "{tmp}/empty"], "needs the tokenize stage's output"),
     (["translate", "--run", "{tmp}/empty"], "needs the tokenize stage's output"),
     (["tokenize", "--run", "{tmp}/r", "--src", "{tmp}/a.ja", "--tgt", "{tmp}/a.en", "--model-type", "word2"],
-     "tokenize.model_type must be one of unigram, bpe, char"),
+     "--model-type must be one of unigram, bpe, char"),
 ])
 def test_errors_are_one_line_with_exit_code_1(tmp_path, args, message):
     src, tgt = write_corpus(tmp_path, "a", toy_pairs(30))
