@@ -97,13 +97,13 @@ def read_parallel(src: str | Path, tgt: str | Path) -> Iterator[tuple[str, str]]
 
 
 def read_corpus(src: str | None, tgt: str | None, tsv: str | None, tsv_src_col: int = 1,
-                tsv_tgt_col: int = 0) -> tuple[Iterator[tuple[str, str]], dict[str, str]]:
-    """The pairs of a corpus given as a TSV file or as two parallel files, and the input files
-    (for a stage's manifest)."""
+                tsv_tgt_col: int = 0) -> Iterator[tuple[str, str]]:
+    """The pairs of a corpus given as a TSV file or as two parallel files (`corpus_inputs` names
+    the files, for a stage's manifest)."""
     if tsv:
-        return read_tsv(tsv, tsv_src_col, tsv_tgt_col), corpus_inputs(src, tgt, tsv)
+        return read_tsv(tsv, tsv_src_col, tsv_tgt_col)
     if src and tgt:
-        return read_parallel(src, tgt), corpus_inputs(src, tgt, tsv)
+        return read_parallel(src, tgt)
     raise InputError("give either --tsv FILE or both --src and --tgt")
 
 

@@ -46,7 +46,7 @@ def split(
     config.validate()
     if not config.enabled:
         raise ConfigError("nothing to hold out: give a dev or a test size above 0 (--dev N, --test N)")
-    pairs, inputs = read_corpus(src, tgt, tsv, tsv_src_col, tsv_tgt_col)
+    pairs = read_corpus(src, tgt, tsv, tsv_src_col, tsv_tgt_col)
 
     distinct, counts = _distinct_pairs(pairs)
     held_out = config.dev + config.test

@@ -44,7 +44,7 @@ def tokenize(
 ) -> dict[str, Any]:
     """Run the stage; return its report (also stored in the manifest)."""
     config.validate()
-    pairs, _ = read_corpus(src, tgt, tsv, tsv_src_col, tsv_tgt_col)
+    pairs = read_corpus(src, tgt, tsv, tsv_src_col, tsv_tgt_col)
 
     with run.writing(STAGE) as stage:
         report = _tokenize_into(stage.dir, pairs, config, {"src": src_lang, "tgt": tgt_lang})
