@@ -86,12 +86,12 @@ def table(header: list[str], rows: list[list[str]], markdown: bool = False) -> l
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
 
 
-def child(argv: list, what: str, env: dict[str, str] | None = None) -> tuple[str, dict[str, float]]:
-    """Run argv in the project root; stderr passes through. Returns stdout and the child's wall time
-    and peak RSS (of the child and its own children, from wait4)."""
+def child(argv: list, what: str, env: dict[str, str] | None = None, root: Path = ROOT) -> tuple[str, dict[str, float]]:
+    """Run argv in the project root (or another checkout's); stderr passes through. Returns stdout
+    and the child's wall time and peak RSS (of the child and its own children, from wait4)."""
     log.info("%s: %s", what, " ".join(str(a) for a in argv[1:]))
     started = time.perf_counter()
-    proc = subprocess.Popen([str(a) for a in argv], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([str(a) for a in argv], cwd=root, env=env, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
@@ -122,7 +122,9 @@ class Settings:
     repeats: int = 5
     batch1_sentences: int = 50
     beam: int = 5
-    scales: tuple = (1, 3, 10)
+    scales: tuple = (1, 10, 100)
+    stream_steps: int = 200  # training steps measured at each scale of the stream section
+    stream_word2vec_epochs: int = 1  # pretrain's epochs there (the memory and time per pair are the point)
     word2vec: dict = field(default_factory=lambda: dict(WORD2VEC))
     threads: int = len(os.sched_getaffinity(0))
     quick: bool = False
@@ -130,7 +132,8 @@ class Settings:
     def validate(self) -> None:
         """The benchmark's own sizes here; the model, the training step and word2vec as the pipeline
         checks them (`train.precision must be one of ...`)."""
-        for name, least in (("steps", 1), ("warmup", 0), ("interval", 1), ("repeats", 1), ("threads", 1)):
+        for name, least in (("steps", 1), ("warmup", 0), ("interval", 1), ("repeats", 1), ("threads", 1),
+                            ("stream_steps", 1), ("stream_word2vec_epochs", 1)):
             if getattr(self, name) < least:
                 raise ConfigError(f"--{name} must be >= {least}; got {getattr(self, name)}")
         if self.steps < self.interval:
@@ -141,23 +144,27 @@ class Settings:
 
 
 QUICK = dict(steps=12, warmup=3, interval=4, model=dict(embed_dim=32, units=32, attention_units=32),
-             pairs=2000, test_sentences=64, repeats=2, batch1_sentences=8, scales=(1, 2),
+             pairs=2000, test_sentences=64, repeats=2, batch1_sentences=8, scales=(1, 2), stream_steps=8,
              word2vec={**WORD2VEC, "dim": 32, "epochs": 1}, quick=True)
 
 
 class Bench:
-    """Runs the measured commands as subprocesses of a scratch folder, remembering shared steps."""
+    """Runs the measured commands as subprocesses of a scratch folder, remembering shared steps.
+    `root` is the checkout whose code runs: this one, or an older commit's beside it (speed.py's
+    --baseline)."""
 
-    def __init__(self, settings: Settings, data: Path, workdir: Path):
-        self.settings, self.data, self.workdir = settings, data, workdir
-        self.env = child_env(settings.threads)
+    def __init__(self, settings: Settings, data: Path, workdir: Path, root: Path = ROOT, name: str = ""):
+        self.settings, self.data, self.workdir, self.root, self.name = settings, data, workdir, root, name
+        self.env = child_env(settings.threads, root)
         self._stages: dict[tuple[str, int], dict] = {}
 
     def measure(self, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         """One `benchmarks/measure.py` body in a fresh process; its figures plus wall and RSS."""
-        spec_path, out_path = self.workdir / f"{kind}.spec.json", self.workdir / f"{kind}.out.json"
+        stem = f"{self.name}{kind}-{len(list(self.workdir.glob(f'{self.name}{kind}-*.spec.json')))}"
+        spec_path, out_path = self.workdir / f"{stem}.spec.json", self.workdir / f"{stem}.out.json"
         spec_path.write_text(json.dumps({**spec, "threads": self.settings.threads}))
-        _, usage = child([sys.executable, "-m", "benchmarks.measure", kind, spec_path, out_path], kind, self.env)
+        _, usage = child([sys.executable, "-m", "benchmarks.measure", kind, spec_path, out_path],
+                         f"{self.name}{kind}", self.env, self.root)
         return {**json.loads(out_path.read_text()), "process": usage}
 
     def corpus(self, scale: int) -> Path:
@@ -173,24 +180,26 @@ class Bench:
                 (folder / f"train.{lang}").write_text("".join(lines) * scale, encoding="utf-8")
         return folder
 
-    def stage(self, name: str, scale: int) -> dict[str, Any]:
-        """`python cli.py tokenize` or `pretrain` on the corpus at `scale`, run once per benchmark."""
+    def stage(self, name: str, scale: int, word2vec: dict | None = None) -> dict[str, Any]:
+        """`python cli.py tokenize` or `pretrain` (with `word2vec`'s settings, by default the
+        benchmark's) on the corpus at `scale`, run once per benchmark."""
         if (name, scale) not in self._stages:
-            run = self.workdir / f"run-{scale}"
+            run = self.workdir / f"{self.name}run-{scale}"
             if name == "tokenize":
                 corpus = self.corpus(scale)
                 args = ["--src", corpus / f"train.{SRC}", "--tgt", corpus / f"train.{TGT}"]
             else:
                 self.stage("tokenize", scale)
-                args = [x for key, value in self.settings.word2vec.items() for x in (f"--{key}", value)]
-            out, usage = child([sys.executable, "cli.py", name, "--run", run, *args], f"{name} {scale}x", self.env)
+                args = [x for key, value in (word2vec or self.settings.word2vec).items() for x in (f"--{key}", value)]
+            out, usage = child([sys.executable, "cli.py", name, "--run", run, *args], f"{self.name}{name} {scale}x",
+                               self.env, self.root)
             self._stages[name, scale] = {"run": run, "report": json.loads(out), **usage}
         return self._stages[name, scale]
 
 
-def child_env(threads: int) -> dict[str, str]:
+def child_env(threads: int, root: Path = ROOT) -> dict[str, str]:
     """The environment of every measured process: TensorFlow as cli.py sets it, thread pools fixed."""
     env = dict(os.environ)
     env["TF_NUM_INTRAOP_THREADS"] = env["TF_NUM_INTEROP_THREADS"] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     return env

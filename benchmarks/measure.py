@@ -4,8 +4,9 @@
 
 KIND is `train`, `decode` or `gensim`; SPEC holds its settings; the figures go to OUT.json. A
 fresh process per measurement keeps its peak RSS its own and lets the thread settings apply
-before TensorFlow starts. Everything timed goes through the project's own code: `make_dataset`,
-`compile_for_training` and `Model.fit` for training, `Translator.translate` for decoding.
+before TensorFlow starts. Everything timed goes through the project's own code: the corpus's
+`batches`, `compile_for_training` and the training loop (`pipeline.distribute.Loop`) for training,
+`Translator.translate` for decoding.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def set_threads(threads: int) -> dict[str, int]:
 # -- training ------------------------------------------------------------------------------------
 
 def train(spec: dict[str, Any]) -> dict[str, Any]:
-    """Target tokens per second of `Model.fit` on the run's tokenized pairs, per interval of steps.
+    """Target tokens per second of the training loop on the run's tokenized pairs, per interval
+    of steps.
 
     Tokens are counted as JoeyNMT counts them: target pieces with </s>, without padding. The
     count of each step comes from a second copy of the same seeded dataset, which yields the
@@ -64,26 +66,31 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     """
     threads = set_threads(spec["threads"])
     import keras
+    import tensorflow as tf
 
     from pipeline.artifacts import Run
     from pipeline.config import ModelConfig, TrainConfig
+    from pipeline.corpus import batches as corpus_batches, epoch_seed
+    from pipeline.distribute import Loop
     from pipeline.model import build_model
     from pipeline.tokenize import load_encoded, load_tokenizers
-    from pipeline.train import compile_for_training, filter_length, make_dataset
+    from pipeline.train import compile_for_training
 
     run = Run.at(spec["run"])
     model_config = ModelConfig(**spec["model"])
     config = TrainConfig(batch_size=spec["batch_size"], precision=spec.get("precision", "float32"))
     processors, _ = load_tokenizers(run, needed_by=NEEDED_BY)
-    encoded = load_encoded(run, needed_by=NEEDED_BY)
+    corpus = load_encoded(run, needed_by=NEEDED_BY)
     keras.utils.set_random_seed(config.seed)  # as `train` does
-    src, tgt = filter_length(encoded["src"], encoded["tgt"], config.max_len)
     model = build_model(model_config, processors["src"].get_piece_size(), processors["tgt"].get_piece_size(),
                         precision=config.precision)
     compile_for_training(model, config)
+    warmup, steps, interval = spec["warmup"], spec["steps"], spec["interval"]
 
-    def batches():
-        return make_dataset(src, tgt, config.batch_size, shuffle=True, seed=config.seed).repeat()
+    def batches(epoch=0, min_rows=1):
+        seed = epoch_seed(config.seed, epoch)
+        return (corpus_batches(corpus.dataset(seed=seed), config.batch_size, config.max_len, seed, min_rows)
+                .repeat().take(warmup + steps))
 
     class StepClock(keras.callbacks.Callback):
         """`times[0]`: when training began; `times[i]`: when step i ended."""
@@ -94,12 +101,12 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         def on_train_batch_end(self, batch, logs=None):
             self.times.append(time.perf_counter())
 
-    warmup, steps, interval = spec["warmup"], spec["steps"], spec["interval"]
     tokens = batch_tokens(batches(), warmup + steps)
     clock = StepClock()
     log.info("training %s steps (%d warm-up), %d parameters", f"{warmup + steps:,}", warmup,
              model.count_params())
-    model.fit(batches(), steps_per_epoch=warmup + steps, epochs=1, callbacks=[clock], shuffle=False, verbose=0)
+    loop = Loop(tf.distribute.get_strategy(), model, config.clip_norm, config.label_smoothing)
+    loop.fit(batches, batches().take(0), epochs=1, initial_epoch=0, callbacks=[clock])
     times = clock.times
     rates = interval_rates(times, tokens, warmup, interval)
     measured_s = times[-1] - times[warmup]
@@ -112,7 +119,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         "first_step_s": round(times[1] - times[0], 2),  # tracing the training step included
         "tokens_per_step": round(float(np.mean(tokens)), 1),
         "batch_size": config.batch_size,
-        "train_pairs": len(src),
+        "train_pairs": corpus.pairs,
         "vocab": {side: processors[side].get_piece_size() for side in processors},
         "parameters": model.count_params(),
         "model": spec["model"],
@@ -185,7 +192,7 @@ def _mismatches(a: list[str], b: list[str]) -> int:
 # -- gensim's word2vec, the peer of the pretrain stage ---------------------------------------------
 
 def gensim(spec: dict[str, Any]) -> dict[str, Any]:
-    """gensim's skip-gram on each side's pieces in the run's train.npz, with the pretrain settings.
+    """gensim's skip-gram on each side's pieces in the run's encoded corpus, with the pretrain settings.
 
     Its effective words (those kept by down-sampling, over all epochs) are what the pretrain
     stage reports as effective words too.
@@ -197,10 +204,10 @@ def gensim(spec: dict[str, Any]) -> dict[str, Any]:
     from pipeline.tokenize import load_encoded
 
     w2v = spec["word2vec"]
-    encoded = load_encoded(Run.at(spec["run"]), needed_by=NEEDED_BY)
+    pairs = list(load_encoded(Run.at(spec["run"]), needed_by=NEEDED_BY).read())
     result: dict[str, Any] = {"version": gensim_module.__version__, "workers": spec["threads"]}
-    for side, pieces in encoded.items():
-        sentences = [[str(i) for i in ids.tolist() if i >= FIRST_WORD] for ids in pieces]
+    for number, side in enumerate(("src", "tgt")):
+        sentences = [[str(i) for i in pair[number].tolist() if i >= FIRST_WORD] for pair in pairs]
         model = Word2Vec(sg=1, vector_size=w2v["dim"], window=w2v["window"], negative=w2v["negatives"],
                          sample=w2v["subsample"], min_count=1, workers=spec["threads"], epochs=w2v["epochs"],
                          seed=w2v["seed"])

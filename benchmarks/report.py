@@ -160,23 +160,32 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 def _stream_cells(results: dict[str, Any]) -> list[list[str]]:
     rows = []
-    for row in (results.get("stream") or {}).get("rows", []):
-        t, p = row["tokenize"], row["pretrain"]
+    stream = results.get("stream") or {}
+    for row in stream.get("rows", []):
+        t, p, r = row["tokenize"], row["pretrain"], row.get("train")
         rows.append([f"{row['scale']}x", f"{row['pairs']:,}",
                      f"{t['wall_s']:.1f} s ({t['wall_s_per_pair_vs_first']:.2f})",
                      f"{t['peak_rss_mib']:,.0f} MiB ({t['rss_vs_first']:.2f})",
                      f"{p['wall_s']:.1f} s ({p['wall_s_per_pair_vs_first']:.2f})",
                      f"{p['word2vec_s']:.1f} s ({p['word2vec_s_per_pair_vs_first']:.2f})",
-                     f"{p['peak_rss_mib']:,.0f} MiB ({p['rss_vs_first']:.2f})"])
+                     f"{p['peak_rss_mib']:,.0f} MiB ({p['rss_vs_first']:.2f})",
+                     f"{r['tok_per_s']:,.0f}" if r else "-",
+                     f"{r['peak_rss_mib']:,.0f} MiB ({r['rss_vs_first']:.2f})" if r else "-"])
+    if "baseline" in stream:
+        b = stream["baseline"]
+        rows.append([f"{b['scale']}x, commit {b['commit']}", "", "", "", "", "", "", f"{b['tok_per_s']:,.0f}",
+                     f"{b['peak_rss_mib']:,.0f} MiB"])
     return rows
 
 
 FIGURE_HEADER = ["figure", "this project", "peer", "ratio", "goal", "met"]
 STREAM_HEADER = ["corpus", "pairs", "tokenize wall", "tokenize peak RSS", "pretrain wall", "of which word2vec",
-                 "pretrain peak RSS"]
-STREAM_NOTE = ("Streaming: `python cli.py tokenize` and `pretrain` on the training corpus repeated k times, each a "
-               "process of its own. In brackets: time per pair, and peak RSS, relative to the first row. Pretrain's "
-               "wall time includes starting TensorFlow and compiling; word2vec's is the training alone.")
+                 "pretrain peak RSS", "train tok/s", "train peak RSS"]
+STREAM_NOTE = ("Streaming: `python cli.py tokenize`, `pretrain` (one word2vec epoch) and a fixed number of "
+               "training steps on the training corpus repeated k times, each a process of its own. In brackets: "
+               "time per pair, and peak RSS, relative to the first row. Pretrain's wall time includes starting "
+               "TensorFlow and compiling; word2vec's is the training alone. A row naming a commit is that commit's "
+               "training steps, measured in the same run (--baseline).")
 
 
 def _summary(results: dict[str, Any]) -> list[str]:

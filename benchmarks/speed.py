@@ -7,15 +7,17 @@
 
 The figures, each measured in a subprocess of its own (its peak RSS comes from wait4):
 
-    train   target tokens/s of the reference model's training step (make_dataset, the masked
-            loss, Model.fit), median over intervals of --interval steps after a warm-up; peak RSS
+    train   target tokens/s of the reference model's training step (the corpus's batches and
+            the project's training loop), median over intervals of --interval steps after a warm-up; peak RSS
     decode  sentences/s of greedy and beam-5 search on the test set with a trained run (--run),
             median of --repeats passes after a first, tracing one; the outputs of batches of 1,
             16 and the default size compared
     w2v     effective words/s of `python cli.py pretrain` and of gensim's word2vec (if installed:
             `pip install gensim`) on the same pieces with the same settings, back to back
-    stream  wall time and peak RSS of `python cli.py tokenize` and `pretrain` on the training
-            corpus repeated 1x, 3x and 10x
+    stream  wall time and peak RSS of `python cli.py tokenize`, `pretrain` (one word2vec epoch) and
+            200 training steps on the training corpus repeated 1x, 10x and 100x (5M pairs, made
+            on the fly in the scratch folder); with --baseline COMMIT, that commit's training
+            steps on the 1x corpus too, for old and new side by side
 
 Ratios are to JoeyNMT's figures published for this machine kind (../shared/peer/README.md), or,
 with --peer-venv, to JoeyNMT measured in the same run (benchmarks/peer.py). Results: a table on
@@ -27,6 +29,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -90,21 +93,46 @@ def measure_w2v(bench: Bench) -> dict[str, Any]:
     return result
 
 
-def measure_stream(bench: Bench) -> dict[str, Any]:
+def measure_stream(bench: Bench, baseline: str | None = None) -> dict[str, Any]:
+    """tokenize, pretrain and --stream-steps training steps at each scale; with a `baseline`
+    commit, its training steps on the 1x corpus too, in a checkout of it beside this one."""
+    s = bench.settings
+    word2vec = {**s.word2vec, "epochs": s.stream_word2vec_epochs}
+    spec = {"steps": s.stream_steps, "warmup": max(1, s.stream_steps // 10), "interval": max(1, s.stream_steps // 4),
+            "batch_size": s.batch_size, "model": s.model, "precision": s.precision}
     rows = []
-    for scale in bench.settings.scales:
-        tokenized, pretrained = bench.stage("tokenize", scale), bench.stage("pretrain", scale)
+    for scale in s.scales:
+        tokenized, pretrained = bench.stage("tokenize", scale), bench.stage("pretrain", scale, word2vec)
         word2vec_s = sum(pretrained["report"][side]["train_seconds"] for side in ("src", "tgt"))
+        trained = bench.measure("train", {**spec, "run": str(tokenized["run"])})
         rows.append({"scale": scale, "pairs": tokenized["report"]["kept"], "tokenize": _usage(tokenized),
-                     "pretrain": {**_usage(pretrained), "word2vec_s": round(word2vec_s, 2)}})
+                     "pretrain": {**_usage(pretrained), "word2vec_s": round(word2vec_s, 2)},
+                     "train": {**trained["process"], "tok_per_s": round(trained["tok_per_s"], 1)}})
     base = rows[0]
     for row in rows:
         factor = row["pairs"] / base["pairs"]
         for stage, clock in (("tokenize", "wall_s"), ("pretrain", "wall_s"), ("pretrain", "word2vec_s")):
             row[stage][f"{clock}_per_pair_vs_first"] = round(row[stage][clock] / base[stage][clock] / factor, 2)
-        for stage in ("tokenize", "pretrain"):
+        for stage in ("tokenize", "pretrain", "train"):
             row[stage]["rss_vs_first"] = round(row[stage]["peak_rss_mib"] / base[stage]["peak_rss_mib"], 2)
-    return {"rows": rows}
+    result: dict[str, Any] = {"rows": rows, "word2vec_epochs": s.stream_word2vec_epochs, "train_steps": s.stream_steps}
+    if baseline:
+        old = Bench(s, bench.data, bench.workdir, root=_checkout(baseline, bench.workdir), name="baseline-")
+        measured = old.measure("train", {**spec, "run": str(old.stage("tokenize", 1)["run"])})
+        result["baseline"] = {"commit": baseline, "scale": 1, "tok_per_s": round(measured["tok_per_s"], 1),
+                              **measured["process"]}
+    return result
+
+
+def _checkout(commit: str, workdir: Path) -> Path:
+    """A worktree of `commit` in the scratch folder (git's own, removed with the folder)."""
+    folder = workdir / "baseline-checkout"
+    if not folder.is_dir():
+        done = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), commit],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ConfigError(f"cannot check out --baseline {commit}: {done.stderr.strip().splitlines()[-1]}")
+    return folder
 
 
 def _usage(stage: dict[str, Any]) -> dict[str, float]:
@@ -114,7 +142,7 @@ def _usage(stage: dict[str, Any]) -> dict[str, float]:
 # -- the command ----------------------------------------------------------------------------------
 
 def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, workdir: Path,
-              peer_venv: Path | None, peer_steps: int) -> dict[str, Any]:
+              peer_venv: Path | None, peer_steps: int, baseline: str | None = None) -> dict[str, Any]:
     for name in (f"train.{SRC}", f"train.{TGT}"):
         if not (data / name).is_file():
             raise InputError(f"no {name} in {data}", hint=DOWNLOAD_HINT)
@@ -123,7 +151,7 @@ def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, wo
                                "sections": sections}
     started = time.perf_counter()
     measures = {"train": measure_train, "decode": lambda b: measure_decode(b, run), "w2v": measure_w2v,
-                "stream": measure_stream, "peer": lambda b: peer.measure(peer_venv, b, sections, peer_steps)}
+                "stream": lambda b: measure_stream(b, baseline), "peer": lambda b: peer.measure(peer_venv, b, sections, peer_steps)}
     for name in sections + (["peer"] if peer_venv else []):
         try:
             results[name] = measures[name](bench)
@@ -143,7 +171,9 @@ def main(
     warmup: Optional[int] = typer.Option(None, help="Training steps before the clock starts (default 50)."),
     interval: Optional[int] = typer.Option(None, help="Steps per throughput interval (default 100)."),
     repeats: Optional[int] = typer.Option(None, help="Timed decoding passes after the first (default 5)."),
-    scales: Optional[str] = typer.Option(None, help="Corpus repetitions for the stream section (default 1,3,10)."),
+    scales: Optional[str] = typer.Option(None, help="Corpus repetitions for the stream section (default 1,10,100)."),
+    baseline: Optional[str] = typer.Option(None, help="A commit whose training steps the stream section measures "
+                                                      "too, in a worktree of it: old and new side by side."),
     threads: Optional[int] = typer.Option(None, help="TensorFlow intra- and inter-op threads, gensim workers "
                                                      "(default: the cores this process may use)."),
     precision: Optional[str] = typer.Option(None, help="Training precision: float32 (default), mixed_bfloat16, "
@@ -180,7 +210,8 @@ def main(
         with tempfile.TemporaryDirectory(prefix="nmt-speed-") as scratch:
             folder = Path(workdir or scratch).resolve()
             folder.mkdir(parents=True, exist_ok=True)
-            results = benchmark(settings, sections, data.resolve(), run.resolve(), folder, peer_venv, peer_steps)
+            results = benchmark(settings, sections, data.resolve(), run.resolve(), folder, peer_venv, peer_steps,
+                                baseline)
         write_json(json_path, results)
     typer.echo(report.render(results, markdown))
     if any("error" in results.get(name, {}) for name in SECTIONS + ("peer",)):

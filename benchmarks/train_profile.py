@@ -73,14 +73,19 @@ def main(
 
     from pipeline.config import ModelConfig, TrainConfig
     from pipeline.model import build_model
-    from pipeline.train import compile_for_training, masked_loss
+    from pipeline.distribute import Loop, token_loss
+    from pipeline.train import compile_for_training
 
     keras.utils.set_random_seed(1)
     config = ModelConfig(cell=cell, embed_dim=embed, units=units, attention_units=units)
     model = build_model(config, vocab, vocab)
     train = TrainConfig()
     compile_for_training(model, train)
-    loss_fn = masked_loss(train.label_smoothing)
+    loop = Loop(tf.distribute.get_strategy(), model, train.clip_norm, train.label_smoothing)
+
+    def loss_fn(target, logits):
+        total, tokens = token_loss(target, logits, train.label_smoothing)
+        return total / tokens
     rng = np.random.default_rng(1)
     b, s, t = batch, src_len, tgt_len
     src = tf.constant(rng.integers(4, vocab, (b, s)), tf.int32)
@@ -130,7 +135,7 @@ def main(
     rows = tf.constant(rng.standard_normal((b * t, embed)), tf.float32)
     square = tf.constant(rng.standard_normal((1024, 1024)), tf.float32)
     parts = {
-        "step": lambda: model.train_on_batch((src, tgt_in), tgt_out),
+        "step": lambda: loop.step(((src, tgt_in), tgt_out)),
         "encoder": grad_of(encoder, encoder_vars),
         "recurrence": grad_of(recurrence, [*recurrence_vars, *encoded, *state, projected]),
         "output": grad_of(output, [*output_vars, hidden, contexts]),
@@ -143,8 +148,7 @@ def main(
             start = time.perf_counter()
             for _ in range(repeats):
                 result = fn()
-            if name != "step":
-                tf.nest.map_structure(lambda x: x.numpy() if hasattr(x, "numpy") else x, result)
+            tf.nest.map_structure(lambda x: x.numpy() if hasattr(x, "numpy") else x, result)
             if round_:  # the first round traces
                 times[name].append((time.perf_counter() - start) / repeats)
         log.info("round %d/%d", round_, rounds)

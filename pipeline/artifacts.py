@@ -3,7 +3,7 @@
 Layout of `saved_models/NAME/`:
 
     split/     train.src train.tgt dev.src dev.tgt test.src test.tgt manifest.json (optional stage)
-    tokenize/  spm.src.model spm.tgt.model (and .vocab) train.npz manifest.json
+    tokenize/  spm.src.model spm.tgt.model (and .vocab) train.json train-NNNNN.tfrecord manifest.json
     pretrain/  emb.src.npy emb.src.txt emb.tgt.npy emb.tgt.txt manifest.json
     train/     model.keras (best by dev BLEU) history.csv state.json checkpoints/ manifest.json
     evaluate/  hypotheses.txt report.json manifest.json
@@ -149,7 +149,7 @@ class Run:
     def writing(self, stage: str, from_current: bool = False, resumable: bool = False,
                 resume: bool = False) -> Iterator["StageWriter"]:
         """Write `stage` under the run's lock into `.staging/STAGE/`, swapped in for `STAGE/` when
-        the block calls `finish` and ends without error.
+        the block calls `finish` and ends without error (or removed, if it calls `discard`).
 
         The staging directory starts empty, or as a copy of the current stage (`from_current`,
         for a change to a finished stage), or as an interrupted attempt left it (`resume`, with
@@ -173,6 +173,9 @@ class Run:
                 if not resumable:
                     shutil.rmtree(staging, ignore_errors=True)
                 raise
+            if writer.discarded:
+                shutil.rmtree(staging, ignore_errors=True)
+                return
             if writer.manifest is None:
                 raise RuntimeError(f"the {stage} stage ended without calling finish()")
             _swap_in(self, stage)
@@ -225,6 +228,12 @@ class StageWriter:
     def __init__(self, run: Run, stage: str, directory: Path):
         self.run, self.stage, self.dir = run, stage, directory
         self.manifest: dict[str, Any] | None = None
+        self.discarded = False
+
+    def discard(self) -> None:
+        """End the block without recording the stage: its staging directory is removed and the
+        current stage stays as it is (a worker of a cluster other than its chief)."""
+        self.discarded = True
 
     def finish(self, declared: Declaration, outputs: list[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record the stage as finished: the manifest, written last. `outputs` are file names

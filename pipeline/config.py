@@ -21,6 +21,7 @@ from pipeline.errors import ConfigError
 # below 1.0 there, or rare characters each take a vocabulary slot.
 _CJK = {"ja", "zh", "ko", "th"}
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 BLEU_TOKENIZERS = ("none", "13a", "intl", "char", "ja-mecab", "zh")  # sacreBLEU's, as evaluate and train use them
 
 
@@ -137,6 +138,9 @@ class TrainConfig(Section):
     precision: str = setting("float32", "float32, or mixed precision: mixed_float16 (GPU) or mixed_bfloat16.",
                              choices=PRECISIONS)
     seed: int = setting(1234, "Seed of initialisation, dropout and batch order.")
+    # see pipeline/distribute.py and the README's "When one machine is not enough"
+    strategy: str = setting("auto", "tf.distribute strategy: one device, mirrored (this machine's GPUs), multiworker "
+                            "(the cluster in TF_CONFIG), or auto.", choices=STRATEGIES)
 
     @property
     def dev_decode(self) -> "DecodeConfig":

@@ -1,6 +1,6 @@
 """Stage 2: word2vec skip-gram vectors for each language's SentencePiece pieces.
 
-Reads `RUN/tokenize/` (train.npz and both SentencePiece models), adds optional monolingual text
+Reads `RUN/tokenize/` (the encoded corpus, streamed from its shards, and both SentencePiece models), adds optional monolingual text
 per language, trains one skip-gram model per side (`pipeline.word2vec`) and writes to
 `RUN/pretrain/`:
 
@@ -17,7 +17,7 @@ import time
 from array import array
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import sentencepiece as spm
@@ -28,12 +28,14 @@ from pipeline.config import PretrainConfig
 from pipeline.data import batched, read_lines
 from pipeline.errors import StageError
 from pipeline.progress import log, progress
-from pipeline.tokenize import load_processor
+from pipeline.corpus import EncodedCorpus
+from pipeline.tokenize import load_encoded, load_tokenizers, reading_encoded
 from pipeline.vocab import SIDES
 
 STAGE = "pretrain"
 FIRST_WORD = word2vec.FIRST_WORD  # ids below are pad, unk, bos, eos
 ENCODE_BATCH = 4096  # lines of extra text encoded per SentencePiece call
+CHUNK_SENTENCES = 1 << 16  # sentences of the corpus read and subsampled at a time
 # The report shows the nearest neighbours of the pieces at these frequency ranks: frequent, but
 # past the few function pieces at the very top, whose neighbours say little about the vectors.
 SHOW_RANKS = (10, 20, 40, 80, 160)
@@ -43,17 +45,16 @@ SHOW_NEIGHBOURS = 5
 def pretrain(run: Run, config: PretrainConfig) -> dict[str, Any]:
     """Run the stage for both sides; return its report (also stored in the manifest)."""
     config.validate()
-    with run.lock(STAGE):
+    with run.lock(STAGE), reading_encoded(run):
         return _pretrain(run, config)
 
 
 def _pretrain(run: Run, config: PretrainConfig) -> dict[str, Any]:
-    names = ["train.npz"] + [f"spm.{side}.model" for side in SIDES]
-    tokenized = run.verify("tokenize", names, needed_by=STAGE)
+    processors, tokenized = load_tokenizers(run, needed_by=STAGE)
     tokenizer = {side: tokenized["outputs"][f"spm.{side}.model"] for side in SIDES}
-    processors = {side: load_processor(run.path("tokenize", f"spm.{side}.model")) for side in SIDES}
+    encoded = load_encoded(run, needed_by=STAGE)
     extra_paths = {"src": config.extra_src, "tgt": config.extra_tgt}
-    corpora = _read_corpora(run, processors, extra_paths)  # all reading done before RUN/pretrain is touched
+    corpora = _read_corpora(encoded, processors, extra_paths)  # all checked before RUN/pretrain is touched
 
     with run.writing(STAGE) as stage:
         report = {side: _pretrain_side(stage.dir, side, number, corpora[side], processors[side], config)
@@ -71,18 +72,17 @@ def declare(config: PretrainConfig) -> Declaration:
 def _pretrain_side(out: Path, side: str, number: int, corpus: tuple, sp: spm.SentencePieceProcessor,
                    config: PretrainConfig) -> dict[str, Any]:
     """Train one side's vectors, write emb.SIDE.npy and .txt, and return the side's report."""
-    ids, offsets, extra = corpus
+    chunks, extra = corpus
     started = time.perf_counter()
-    log.info("pretrain %s: %s pieces, %s tokens, %d-d vectors", side, f"{sp.get_piece_size():,}",
-             f"{int(np.count_nonzero(ids >= FIRST_WORD)):,}", config.dim)
-    result = word2vec.train(ids, offsets, sp.get_piece_size(), config, seed=config.seed + number, name=side)
+    log.info("pretrain %s: %s pieces, %d-d vectors", side, f"{sp.get_piece_size():,}", config.dim)
+    result = word2vec.train(chunks, sp.get_piece_size(), config, seed=config.seed + number, name=side)
     _write_vectors(out, side, result.vectors, sp)
     words_per_second = round(result.effective_words / max(result.train_seconds, 1e-9))
     log.info("pretrain %s: %s effective words/s over %.1f s", side, f"{words_per_second:,}",
              result.train_seconds)
     return {
         "vocab_size": sp.get_piece_size(),
-        "sentences": len(offsets) - 1,
+        "sentences": result.sentences,
         "tokens": int(result.counts.sum()),
         "extra": extra,
         "effective_words": result.effective_words,
@@ -142,23 +142,27 @@ def nearest_neighbours(vectors: np.ndarray, counts: np.ndarray, sp: spm.Sentence
     return shown
 
 
-def _read_corpora(run: Run, processors: dict[str, spm.SentencePieceProcessor],
-                  extra_paths: dict[str, str | None]) -> dict[str, tuple[np.ndarray, np.ndarray, Any]]:
-    """Each side's flat ids and sentence offsets: the training pairs, then any extra text."""
+def _read_corpora(encoded: EncodedCorpus, processors: dict[str, spm.SentencePieceProcessor],
+                  extra_paths: dict[str, str | None]) -> dict[str, tuple[Callable, Any]]:
+    """Each side's chunks of sentences (see `word2vec.SkipGramBatches`): the training pairs'
+    side, streamed from the shards, then any extra text, encoded here once."""
     corpora = {}
-    with np.load(run.path("tokenize", "train.npz")) as z:
-        for side in SIDES:
-            ids, offsets = z[f"{side}_ids"], z[f"{side}_offsets"].astype(np.int64)
-            extra = None
-            if extra_paths[side]:
-                more_ids, lengths = _encode_lines(read_lines(extra_paths[side]), processors[side],
-                                                  f"encoding extra {side}")
-                if not len(lengths):
-                    log.warning("extra %s text %s has no non-empty lines", side, extra_paths[side])
-                ids = np.concatenate([ids, more_ids])
-                offsets = np.concatenate([offsets, offsets[-1] + np.cumsum(lengths)])
-                extra = {"path": str(extra_paths[side]), "sentences": len(lengths), "tokens": len(more_ids)}
-            corpora[side] = (ids, offsets, extra)
+    for side in SIDES:
+        extra, extra_chunks = None, None
+        if extra_paths[side]:
+            more_ids, lengths = _encode_lines(read_lines(extra_paths[side]), processors[side],
+                                              f"encoding extra {side}")
+            if not len(lengths):
+                log.warning("extra %s text %s has no non-empty lines", side, extra_paths[side])
+            extra = {"path": str(extra_paths[side]), "sentences": len(lengths), "tokens": len(more_ids)}
+            extra_chunks = word2vec.in_memory(more_ids, np.concatenate([[0], np.cumsum(lengths)]))
+
+        def chunks(side=side, extra_chunks=extra_chunks):
+            yield from encoded.chunks(side, CHUNK_SENTENCES)
+            if extra_chunks is not None:
+                yield from extra_chunks()
+
+        corpora[side] = (chunks, extra)
     return corpora
 
 

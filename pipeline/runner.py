@@ -18,13 +18,17 @@ from typing import Any, Callable
 from pipeline.artifacts import Declaration, Run, sha256
 from pipeline.config import DataConfig, PipelineConfig
 from pipeline.data import guess_lang
+from pipeline.errors import ConfigError
 from pipeline.progress import log
 
 
 def run_pipeline(config: PipelineConfig, force: bool = False) -> dict[str, Any]:
-    from pipeline import evaluate, pretrain, split, tokenize, train
+    from pipeline import distribute, evaluate, pretrain, split, tokenize, train
 
     config.validate()
+    if config.train.strategy == "multiworker" or (config.train.strategy == "auto" and distribute.cluster()):
+        raise ConfigError("`pipeline` trains on one machine; a cluster trains with `python cli.py train` on each "
+                          "worker", hint="see \"When one machine is not enough\" in the README")
     run, corpus = Run.at(config.run), config.data
     src_lang = corpus.src_lang or guess_lang(corpus.src, "ja")
     tgt_lang = corpus.tgt_lang or guess_lang(corpus.tgt, "en")

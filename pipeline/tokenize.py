@@ -1,23 +1,24 @@
 """Stage 1: train one SentencePiece model per language and encode the training pairs.
 
-Outputs in `RUN/tokenize/`: `spm.src.model`, `spm.tgt.model` (and their `.vocab`), and
-`train.npz` holding each side's piece ids as one flat int32 array plus offsets. Id 0 is padding,
-1 unknown, 2 begin and 3 end of sentence, the same for every language.
+Outputs in `RUN/tokenize/`: `spm.src.model`, `spm.tgt.model` (and their `.vocab`), and the
+encoded pairs as TFRecord shards with their index `train.json` (`pipeline.corpus`). Id 0 is
+padding, 1 unknown, 2 begin and 3 end of sentence, the same for every language. Memory does not
+grow with the corpus: the text is cleaned into files on disk, SentencePiece learns from a seeded
+sample of at most `input_sentence_size` sentences, and the pairs are encoded shard by shard.
 """
 
 from __future__ import annotations
 
 import re
-import zipfile
-from array import array
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-import numpy as np
 import sentencepiece as spm
 
-from pipeline.artifacts import STAGE_COMMAND, Declaration, Run, atomic_path
+from pipeline.artifacts import STAGE_COMMAND, Declaration, Run
+from pipeline.corpus import INDEX, EncodedCorpus, ShardWriter
 from pipeline.config import TokenizeConfig, default_character_coverage
 from pipeline.data import batched, corpus_inputs, normalise_space, read_corpus
 from pipeline.errors import InputError, PipelineError, StageError, first_line
@@ -47,8 +48,8 @@ def tokenize(
     pairs = read_corpus(src, tgt, tsv, tsv_src_col, tsv_tgt_col)
 
     with run.writing(STAGE) as stage:
-        report = _tokenize_into(stage.dir, pairs, config, {"src": src_lang, "tgt": tgt_lang})
-        outputs = ["train.npz"] + [f"spm.{s}.{ext}" for s in SIDES for ext in ("model", "vocab")]
+        report, shards = _tokenize_into(stage.dir, pairs, config, {"src": src_lang, "tgt": tgt_lang})
+        outputs = shards + [f"spm.{s}.{ext}" for s in SIDES for ext in ("model", "vocab")]
         stage.finish(declare(config, src, tgt, tsv, tsv_src_col, tsv_tgt_col, src_lang, tgt_lang), outputs,
                      extra={"report": report})
     return report
@@ -64,8 +65,9 @@ def declare(config: TokenizeConfig, src: str | None, tgt: str | None, tsv: str |
 
 
 def _tokenize_into(out: Path, pairs: Iterable[tuple[str, str]], config: TokenizeConfig,
-                   langs: dict[str, str]) -> dict[str, Any]:
-    """Clean the pairs, train both SentencePiece models and encode the pairs into `out`."""
+                   langs: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Clean the pairs, train both SentencePiece models and encode the pairs into shards in
+    `out`; return the report and the names of the corpus files."""
     clean = {side: out / f".clean.{side}.txt" for side in SIDES}
     try:
         counts = _write_clean(pairs, clean)
@@ -75,7 +77,7 @@ def _tokenize_into(out: Path, pairs: Iterable[tuple[str, str]], config: Tokenize
         for side in SIDES:
             report[side] = _train_spm(clean[side], out / f"spm.{side}", langs[side], config)
         processors = {side: load_processor(out / f"spm.{side}.model") for side in SIDES}
-        kept, too_long = _encode(clean, processors, out / "train.npz", config.max_tokens)
+        kept, too_long, shards = _encode(clean, processors, out, config.max_tokens)
         if kept == 0:
             raise InputError(f"no usable sentence pairs: every pair has more than {config.max_tokens} pieces "
                              "on a side", hint="raise --max-tokens")
@@ -93,7 +95,7 @@ def _tokenize_into(out: Path, pairs: Iterable[tuple[str, str]], config: Tokenize
             "dropped %d pair(s) with an empty side and %d too long (> %d pieces or %d bytes)",
             report["dropped_empty"], report["dropped_too_long"], config.max_tokens, MAX_LINE_BYTES,
         )
-    return report
+    return report, shards
 
 
 def _write_clean(pairs: Iterable[tuple[str, str]], paths: dict[str, Path]) -> dict[str, int]:
@@ -185,10 +187,9 @@ def _forget_paths(model: Path) -> None:
 
 
 def _encode(clean: dict[str, Path], processors: dict[str, spm.SentencePieceProcessor],
-            path: Path, max_tokens: int) -> tuple[int, int]:
-    ids = {side: array("i") for side in SIDES}
-    lengths = {side: array("i") for side in SIDES}
-    kept = too_long = 0
+            out: Path, max_tokens: int) -> tuple[int, int, list[str]]:
+    writer = ShardWriter(out)
+    too_long = 0
     with clean["src"].open(encoding="utf-8") as fs, clean["tgt"].open(encoding="utf-8") as ft:
         for batch in batched(zip(fs, ft), 1024):
             encoded = {side: processors[side].encode([p[i].rstrip("\n") for p in batch])
@@ -196,18 +197,10 @@ def _encode(clean: dict[str, Path], processors: dict[str, spm.SentencePieceProce
             for s_ids, t_ids in zip(encoded["src"], encoded["tgt"]):
                 if max(len(s_ids), len(t_ids)) > max_tokens:
                     too_long += 1
-                    continue
-                kept += 1
-                for side, seq in (("src", s_ids), ("tgt", t_ids)):
-                    ids[side].extend(seq)
-                    lengths[side].append(len(seq))
-    arrays = {}
-    for side in SIDES:
-        arrays[f"{side}_ids"] = np.frombuffer(ids[side], dtype=np.int32)
-        arrays[f"{side}_offsets"] = np.concatenate([[0], np.cumsum(lengths[side], dtype=np.int64)])
-    with atomic_path(path) as tmp:
-        np.savez(tmp, **arrays)
-    return kept, too_long
+                else:
+                    writer.add(s_ids, t_ids)
+    files = writer.close()
+    return writer.pairs, too_long, files
 
 
 def load_processor(path: str | Path) -> spm.SentencePieceProcessor:
@@ -226,17 +219,31 @@ def load_tokenizers(run: Run, needed_by: str) -> tuple[dict[str, spm.SentencePie
     return {side: load_processor(run.path(STAGE, f"spm.{side}.model")) for side in SIDES}, manifest
 
 
-def load_encoded(run: Run, needed_by: str) -> dict[str, list[np.ndarray]]:
-    """The encoded training pairs: {"src": [ids, ...], "tgt": [ids, ...]}."""
-    run.verify(STAGE, ["train.npz"], needed_by=needed_by)
-    path = run.path(STAGE, "train.npz")
+def load_encoded(run: Run, needed_by: str) -> EncodedCorpus:
+    """The encoded training pairs (`pipeline.corpus.EncodedCorpus`), after checking that every
+    shard is intact: a shard changed since tokenize wrote it is refused here, not mid-training."""
+    run.verify(STAGE, [INDEX], needed_by=needed_by)
+    directory = run.stage_dir(STAGE)
+    rerun = f"rerun `{STAGE_COMMAND[STAGE]} --run {run.root}`"
     try:
-        with np.load(path, allow_pickle=False) as z:
-            out = {}
-            for side in SIDES:
-                flat, offsets = z[f"{side}_ids"], z[f"{side}_offsets"]
-                out[side] = np.split(flat, offsets[1:-1])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise StageError(f"{path} is not a readable encoded corpus ({first_line(e)})",
+        files = EncodedCorpus.files(directory)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise StageError(f"{directory / INDEX} is not a readable corpus index ({first_line(e)})",
+                         hint=rerun) from None
+    run.verify(STAGE, files, needed_by=needed_by)
+    return EncodedCorpus(directory)
+
+
+@contextmanager
+def reading_encoded(run: Run) -> Iterator[None]:
+    """Refuse, with one line naming it, a shard found unreadable as it streams (one crafted with
+    a matching hash in the manifest: `load_encoded` has checked every hash)."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.DataLossError as e:
+        directory = run.stage_dir(STAGE)
+        bad = EncodedCorpus(directory).unreadable_shard() or directory / INDEX
+        raise StageError(f"{bad} is not a readable encoded corpus ({type(e).__name__}: {first_line(e)})",
                          hint=f"rerun `{STAGE_COMMAND[STAGE]} --run {run.root}`") from None
-    return out

@@ -1,9 +1,10 @@
-"""Stage 3: train the encoder-decoder with teacher forcing through `Model.fit`.
+"""Stage 3: train the encoder-decoder with teacher forcing, on tf.distribute (`pipeline.distribute`).
 
 Per epoch: masked, label-smoothed cross-entropy normalised by real target tokens; global-norm
 gradient clipping; validation loss and greedy dev BLEU; the best model by dev BLEU saved to
 `RUN/train/model.keras`; the learning rate lowered when dev BLEU stalls, training stopped when it
-stops improving; a CSV history. Each epoch ends with a backup from which an interrupted training
+stops improving; a CSV history. The pairs stream from the tokenize stage's shards
+(`pipeline.corpus`), never held in memory. Each epoch ends with a backup from which an interrupted training
 resumes exactly (`EpochBackup`); the stage is written in the run's staging area and swapped in
 when it has finished (`Run.writing`).
 """
@@ -11,111 +12,50 @@ when it has finished (`Run.writing`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
-import itertools
 import json
 import shutil
 import time
-import warnings
 from dataclasses import asdict
 from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from pipeline import faults
+from pipeline import distribute, faults
 from pipeline.artifacts import Declaration, Run, atomic_path, sha256, write_json_atomic, write_text_atomic
 from pipeline.average import try_average
 from pipeline.checkpoints import BEST, CHECKPOINTS, Backup, epoch_checkpoints, save_for_inference
 from pipeline.config import EvaluateConfig, ModelConfig, TrainConfig
+from pipeline.corpus import EncodedCorpus, batches, epoch_seed, pairs_from_lists
 from pipeline.data import read_parallel
 from pipeline.errors import InputError, StageError
 from pipeline.evaluate import DevSet
 from pipeline.model import Seq2Seq, build_model
 from pipeline.progress import log
-from pipeline.tokenize import load_encoded, load_tokenizers
+from pipeline.tokenize import load_encoded, load_tokenizers, reading_encoded
 from pipeline.translate import Translator
-from pipeline.vocab import BOS, EOS, PAD, SIDES, pad
+from pipeline.vocab import SIDES
 
 STAGE = "train"
-POOL = 100  # batches' worth of pairs sorted by length together (see make_dataset)
 DEV_HOLDOUT = 500  # pairs held out of the training data when no dev set is given
 
 
-def masked_loss(label_smoothing: float):
-    """Cross-entropy over real target tokens only, averaged per token (not per sentence)."""
-
-    def loss(y_true, logits):
-        mask = keras.ops.cast(keras.ops.not_equal(y_true, PAD), "float32")  # (batch, T)
-        log_probs = keras.ops.log_softmax(keras.ops.cast(logits, "float32"), axis=-1)  # (batch, T, vocab)
-        nll = -keras.ops.squeeze(keras.ops.take_along_axis(log_probs, y_true[..., None], axis=-1), -1)
-        per_token = (1.0 - label_smoothing) * nll - label_smoothing * keras.ops.mean(log_probs, axis=-1)
-        return keras.ops.sum(per_token * mask) / keras.ops.maximum(keras.ops.sum(mask), 1.0)
-
-    return loss
-
-
 def compile_for_training(model: Seq2Seq, config: TrainConfig) -> None:
-    """Compile `model` as `train` fits it: Adam with global-norm clipping, the masked loss.
-
-    benchmarks/speed.py times this same training step."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm),
-        loss=masked_loss(config.label_smoothing),
-        jit_compile=False,  # XLA measured slower for this model on CPU
-    )
-
-
-def make_dataset(src: list, tgt: list, batch_size: int, shuffle: bool, seed: int,
-                 first_pass: int = 0) -> tf.data.Dataset:
-    """Batches of ((src, tgt_in), tgt_out) with little padding, in a new order every epoch.
-
-    src gets </s> appended; tgt_in = <s> y, tgt_out = y </s>. Each pass draws a permutation
-    (seeded by `seed` and the pass number), sorts each pool of POOL batches' worth of pairs by
-    target then source length, cuts the pools into batches and shuffles the batches: nearly
-    every target row of a batch has the batch's length, so the decoder and the softmax, most of
-    the work, run on few padded positions. Without `shuffle`, one fixed order. A resumed training
-    starts at `first_pass`, so epoch n sees the same batches as in an uninterrupted run.
-    """
-    src_rows = [np.append(x, EOS).astype(np.int32) for x in src]
-    tgt_in_rows = [np.concatenate([[BOS], y]).astype(np.int32) for y in tgt]
-    tgt_out_rows = [np.concatenate([y, [EOS]]).astype(np.int32) for y in tgt]
-    src_len = np.array([len(x) for x in src_rows])
-    tgt_len = np.array([len(y) for y in tgt_out_rows])
-    passes = itertools.count(first_pass)
-
-    def batches():
-        rng = np.random.default_rng([seed, next(passes)]) if shuffle else None
-        for rows in batch_order(src_len, tgt_len, batch_size, rng):
-            yield ((pad([src_rows[i] for i in rows]), pad([tgt_in_rows[i] for i in rows])),
-                   pad([tgt_out_rows[i] for i in rows]))
-
-    ids = tf.TensorSpec([None, None], tf.int32)
-    return tf.data.Dataset.from_generator(batches, output_signature=((ids, ids), ids)).prefetch(2)
-
-
-def batch_order(src_len: np.ndarray, tgt_len: np.ndarray, batch_size: int,
-                rng: np.random.Generator | None) -> list[np.ndarray]:
-    """The pair indices of each batch (see `make_dataset`); every pair once."""
-    order = rng.permutation(len(src_len)) if rng is not None else np.arange(len(src_len))
-    pool = POOL * batch_size
-    out = []
-    for start in range(0, len(order), pool):
-        chunk = order[start:start + pool]
-        chunk = chunk[np.lexsort((src_len[chunk], tgt_len[chunk]))]  # by target length, then source
-        out += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    if rng is not None:
-        out = [out[i] for i in rng.permutation(len(out))]
-    return out
+    """Give `model` the optimizer `train` steps it with: Adam (the loop clips the gradients by
+    their global norm, `pipeline.distribute.Loop`). benchmarks/speed.py times this same step."""
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=False)
+    model.optimizer.build(model.trainable_variables)
 
 
 class DevBleu(keras.callbacks.Callback):
     """Greedy-decodes the dev set after each epoch, logs `val_bleu`, keeps the best model."""
 
-    def __init__(self, translator, dev: DevSet, decode_config, tokenize: str, best_path):
+    def __init__(self, translator, dev: DevSet, decode_config, tokenize: str, best_path, save: bool = True):
         super().__init__()
+        self.save = save  # False on the workers of a cluster but its chief
         self.translator, self.dev = translator, dev
         self.decode_config, self.tokenize, self.best_path = decode_config, tokenize, best_path
         self.best = -1.0
@@ -127,32 +67,8 @@ class DevBleu(keras.callbacks.Callback):
         logs["dev_decode_s"] = time.perf_counter() - t0
         if logs["val_bleu"] > self.best:
             self.best, self.best_epoch = logs["val_bleu"], epoch
-            save_for_inference(self.model, self.best_path)
-
-
-class Throughput(keras.callbacks.Callback):
-    """Target tokens per second of training proper (validation excluded), as `train_tok_per_s`,
-    and the wall time since training began (validation included), as `elapsed_s`."""
-
-    def __init__(self, tokens_per_epoch: int, elapsed_before: float = 0.0):
-        super().__init__()
-        self.tokens, self.elapsed_before = tokens_per_epoch, elapsed_before
-
-    def on_train_begin(self, logs=None):
-        self.began = time.perf_counter() - self.elapsed_before
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start, self.train_s = time.perf_counter(), None
-
-    def on_test_begin(self, logs=None):
-        if self.train_s is None:
-            self.train_s = time.perf_counter() - self.start
-
-    def on_epoch_end(self, epoch, logs=None):
-        train_s = self.train_s or time.perf_counter() - self.start
-        logs["train_s"] = train_s
-        logs["train_tok_per_s"] = self.tokens / train_s
-        logs["elapsed_s"] = time.perf_counter() - self.began
+            if self.save:
+                save_for_inference(self.model, self.best_path)
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -278,12 +194,14 @@ def train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str
     model_config.validate()
     config.validate()
     EvaluateConfig(tokenize=bleu_tokenize).validate()
-    with run.lock(STAGE):  # before anything is read: a second writer is told at once
+    with run.lock(STAGE), reading_encoded(run):  # the lock first: a second writer is told at once
         return _train(run, model_config, config, dev_src, dev_tgt, resume, bleu_tokenize)
 
 
 def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: str | None, dev_tgt: str | None,
            resume: bool | None, bleu_tokenize: str) -> dict[str, Any]:
+    strategy = distribute.strategy(config.strategy)  # first: a cluster's must start before TensorFlow runs
+    chief = distribute.is_chief(strategy)
     processors, tok_manifest = load_tokenizers(run, needed_by=STAGE)
     data = TrainingData.read(run, processors, config, dev_src, dev_tgt)
     embeddings = _pretrained(run, model_config, config)
@@ -299,14 +217,22 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
             _clear(stage.dir)
             write_json_atomic(stage.dir / "fingerprint.json", fingerprint)
         keras.utils.set_random_seed(config.seed)
-        model = _build_model(model_config, config, processors, embeddings)
-        if state is not None:
-            backup.restore(model, values)
-            log.info("resuming the interrupted training after epoch %d", state["epoch"])
+        with strategy.scope():
+            model = _build_model(model_config, config, processors, embeddings)
+            if state is not None:
+                backup.restore(model, values)
+                log.info("resuming the interrupted training after epoch %d", state["epoch"])
         translator = Translator(model, processors["src"], processors["tgt"])
-        history = _fit(model, translator, data, config, bleu_tokenize, stage.dir, backup, state)
+        loop = distribute.Loop(strategy, model, config.clip_norm, config.label_smoothing)
+        history = _fit(loop, translator, data, config, bleu_tokenize, stage.dir, backup, state, chief)
+        resumed_after = state["epoch"] if state else 0
+        if not chief:  # the chief writes the run; this worker's part ends with its backup
+            stage.discard()
+            final, _ = backup.load()
+            return {"worker": distribute.task(strategy), "epochs": final["epoch"], "resumed_after_epoch": resumed_after,
+                    "weights_sha256": weights_digest(model)}
         report = _finish(stage, model, translator, data, config, bleu_tokenize, history, backup, declared,
-                         tok_manifest, embeddings is not None, resumed_after=state["epoch"] if state else 0)
+                         tok_manifest, embeddings is not None, resumed_after)
     return report
 
 
@@ -350,40 +276,47 @@ def _build_model(model_config: ModelConfig, config: TrainConfig, processors: dic
     return model
 
 
-def _fit(model: Seq2Seq, translator: Translator, data: "TrainingData", config: TrainConfig, bleu_tokenize: str,
-         out, backup: Backup, state: dict | None) -> dict[str, list]:
-    """Train from the epoch after `state`'s (the first, without one); return this call's history."""
+def _fit(loop: distribute.Loop, translator: Translator, data: "TrainingData", config: TrainConfig,
+         bleu_tokenize: str, out, backup: Backup, state: dict | None, chief: bool) -> dict[str, list]:
+    """Train from the epoch after `state`'s (the first, without one); return this call's history.
+    Only the `chief` writes the best model, the epoch checkpoints and TensorBoard's logs."""
     done_before = state["epoch"] if state else 0
     if state and state["done"]:
         log.info("training had finished before the interruption; finishing the stage")
         return {}
     elapsed_before = state["history"][-1]["elapsed_s"] if state else 0.0
     callbacks = [
-        Throughput(data.tokens_per_epoch, elapsed_before),
-        DevBleu(translator, data.dev, config.dev_decode, bleu_tokenize, out / BEST),
+        DevBleu(translator, data.dev, config.dev_decode, bleu_tokenize, out / BEST, save=chief),
         keras.callbacks.ReduceLROnPlateau(monitor="val_bleu", mode="max", factor=config.lr_decay,
                                           patience=config.lr_patience, min_delta=0.1,
                                           min_lr=config.learning_rate / 64, verbose=0),
         keras.callbacks.EarlyStopping(monitor="val_bleu", mode="max", patience=config.patience, min_delta=0.1),
-        EpochCheckpoints(out / CHECKPOINTS, config.keep_checkpoints),
         EpochLog(config.epochs),
         BatchProgress(config.epochs, data.batches_per_epoch(config.batch_size)),
-        # loss, dev loss, dev BLEU, learning rate and tokens/s per epoch, for `tensorboard --logdir RUN/train`
-        keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
     ]
+    if chief:
+        callbacks += [
+            EpochCheckpoints(out / CHECKPOINTS, config.keep_checkpoints),
+            # loss, dev loss, dev BLEU, learning rate and tokens/s per epoch, for `tensorboard --logdir RUN/train`
+            keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False, profile_batch=0),
+        ]
     if config.time_budget:
         callbacks.append(TimeBudget(config.time_budget, elapsed_before))
     callbacks.append(EpochBackup(backup, out / "history.csv", callbacks, config.epochs, state))
-    train_ds = make_dataset(data.src, data.tgt, config.batch_size, shuffle=True, seed=config.seed,
-                            first_pass=done_before)
-    dev_ds = make_dataset(data.dev.ids["src"], data.dev.ids["tgt"], config.batch_size, shuffle=False, seed=0)
-    log.info("training on %d pairs (%d target tokens an epoch), dev %d pairs, %d parameters",
-             len(data.src), data.tokens_per_epoch, len(data.dev), model.count_params())
-    with warnings.catch_warnings(), logging_redirect_tqdm():  # log lines go above the bar, never into it
-        warnings.filterwarnings("ignore", message=".*ran out of data")  # the dataset's length is unknown
-        history = model.fit(train_ds, validation_data=dev_ds, epochs=config.epochs, initial_epoch=done_before,
-                            callbacks=callbacks, shuffle=False, verbose=0)
-    return history.history
+    log.info("training on %d pairs (about %d target tokens an epoch), dev %d pairs, %d parameters, %d replica(s)",
+             data.pairs, data.tokens_per_epoch, len(data.dev), loop.model.count_params(), loop.replicas)
+    with logging_redirect_tqdm():  # log lines go above the bar, never into it
+        return loop.fit(lambda epoch, min_rows: data.batches(epoch, config, min_rows), data.dev_batches(config),
+                        epochs=config.epochs, initial_epoch=done_before, callbacks=callbacks,
+                        elapsed_before=elapsed_before)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of the model's trainable weights, in order: equal on every worker of a cluster."""
+    digest = hashlib.sha256()
+    for variable in model.trainable_variables:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
+    return digest.hexdigest()
 
 
 def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData", config: TrainConfig,
@@ -391,6 +324,7 @@ def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData",
             tok_manifest: dict, pretrained: bool, resumed_after: int) -> dict[str, Any]:
     """Average the last checkpoints if that gains, write state.json, drop the backup, record the stage."""
     out = stage.dir
+    digest = weights_digest(model)  # the trained weights, before averaging
     if not (out / BEST).is_file() or not backup.exists():
         raise StageError("training ended before the first epoch finished; no model was saved")
     state, _ = backup.load()
@@ -414,12 +348,13 @@ def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData",
         "epochs_run": len(history.get("loss", [])),
         "epochs": state["epoch"],
         "resumed_after_epoch": resumed_after,  # 0: not resumed
-        "train_pairs": len(data.src),
+        "train_pairs": data.pairs,
         "dev_pairs": len(data.dev),
         "parameters": model.count_params(),
         "pretrained_embeddings": pretrained,
         "median_train_tok_per_s": float(np.median([r["train_tok_per_s"] for r in rows])) if rows else None,
         "wall_s": round(rows[-1]["elapsed_s"], 1) if rows else None,
+        "weights_sha256": digest,
     }
     shutil.rmtree(backup.path.parent)
     (out / "fingerprint.json").unlink()
@@ -430,22 +365,32 @@ def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData",
 
 
 class TrainingData:
-    """The encoded training pairs and the dev set, all read and checked before training starts."""
+    """The training pairs, streamed from the tokenize stage's shards (pairs 0..pairs-1 of the
+    corpus), and the dev set, all checked before training starts."""
 
-    def __init__(self, src: list, tgt: list, dev: DevSet):
-        self.src, self.tgt, self.dev = src, tgt, dev
-        self.tokens_per_epoch = int(sum(len(t) + 1 for t in tgt))
+    def __init__(self, corpus: EncodedCorpus, pairs: int, dev: DevSet):
+        self.corpus, self.pairs, self.dev = corpus, pairs, dev
+        self.tokens_per_epoch = int(corpus.tokens("tgt") * pairs / max(corpus.pairs, 1)) + pairs  # y </s>
+
+    def batches(self, epoch: int, config: TrainConfig, min_rows: int = 1):
+        """Epoch `epoch`'s global batches: the same for the same seed and epoch, wherever they are made."""
+        seed = epoch_seed(config.seed, epoch)
+        return batches(self.corpus.dataset(seed=seed, end=self.pairs), config.batch_size, config.max_len, seed,
+                       min_rows)
+
+    def dev_batches(self, config: TrainConfig):
+        return batches(pairs_from_lists(self.dev.ids["src"], self.dev.ids["tgt"]), config.batch_size,
+                       config.max_len)
 
     def batches_per_epoch(self, batch_size: int) -> int:
-        """How many batches `batch_order` cuts an epoch into (pools are cut separately)."""
-        pool = POOL * batch_size
-        return sum(-(-min(pool, len(self.src) - start) // batch_size) for start in range(0, len(self.src), pool))
+        """About how many batches an epoch has (pairs too long are skipped, pools cut apart)."""
+        return -(-self.pairs // batch_size)
 
     @classmethod
     def read(cls, run: Run, processors: dict, config: TrainConfig, dev_src: str | None,
              dev_tgt: str | None) -> "TrainingData":
-        encoded = load_encoded(run, needed_by=STAGE)
-        src, tgt = filter_length(encoded["src"], encoded["tgt"], config.max_len)
+        corpus = load_encoded(run, needed_by=STAGE)
+        pairs = corpus.pairs
         if dev_src and dev_tgt:
             dev_pairs = list(read_parallel(dev_src, dev_tgt))
             if not dev_pairs:
@@ -456,14 +401,17 @@ class TrainingData:
         elif dev_src or dev_tgt:
             raise InputError("give both --dev-src and --dev-tgt, or neither")
         else:  # hold out the last pairs, decoded back to text for BLEU
-            n = min(DEV_HOLDOUT, len(src) // 10)
+            n = min(DEV_HOLDOUT, pairs // 10)
             if n == 0:
                 raise InputError("too few training pairs to hold out a dev set; give --dev-src/--dev-tgt")
             log.info("no dev set given: holding out the last %d training pairs", n)
-            ids = {"src": src[-n:], "tgt": tgt[-n:]}
-            src, tgt = src[:-n], tgt[:-n]
+            pairs -= n
+            held = list(corpus.read(first=pairs))
+            ids = dict(zip(SIDES, filter_length([s for s, _ in held], [t for _, t in held], config.max_len)))
             text = {side: [processors[side].decode(x.tolist()) for x in ids[side]] for side in SIDES}
-        return cls(src, tgt, DevSet(text["src"], text["tgt"], ids))
+        if not ids["src"]:
+            raise InputError(f"no dev pair is shorter than --max-len {config.max_len} on both sides")
+        return cls(corpus, pairs, DevSet(text["src"], text["tgt"], ids))
 
 
 def write_history(path, rows: list[dict]) -> None:

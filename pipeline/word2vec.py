@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import keras
 import numpy as np
@@ -36,7 +36,7 @@ FIRST_WORD = EOS + 1  # ids 0-3 are pad, unk, bos, eos: never trained as words
 NOISE_POWER = 0.75
 MIN_RATE = 1e-4  # the rate decays linearly to this fraction of its start, as in word2vec.c
 CENTRES_PER_CALL = 16_384  # centre words per train_on_batch call: SGD steps in one compiled loop
-CHUNK_TOKENS = 1 << 20  # the corpus is subsampled and cut into blocks this many tokens at a time
+CHUNK_TOKENS = 1 << 20  # about this many tokens are subsampled and cut into blocks at a time
 
 
 class SkipGram(keras.Model):
@@ -124,16 +124,22 @@ class SkipGram(keras.Model):
 class SkipGramBatches:
     """Word2vec's sampling in numpy, one epoch per iteration, stacked for `SkipGram.train_step`.
 
-    `ids` is a side's flat piece ids and `offsets` its sentence boundaries (as in train.npz). Each
-    block carries the sentence number of its columns, so windows never cross a sentence boundary.
-    Each step's learning rate follows the effective words trained before it, as in word2vec.
+    `chunks()` gives a side's sentences anew for each pass, as (flat piece ids, sentence lengths)
+    arrays of whole sentences (`in_memory`, `EncodedCorpus.chunks`): one pass counts the pieces,
+    then one per epoch trains, so the corpus is never held in memory whole. Each block carries
+    the sentence number of its columns, so windows never cross a sentence boundary. Each step's
+    learning rate follows the effective words trained before it, as in word2vec.
     """
 
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, vocab_size: int,
+    def __init__(self, chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], vocab_size: int,
                  config: PretrainConfig, rng: np.random.Generator):
-        self.ids, self.offsets, self.config, self.rng = ids, offsets, config, rng
+        self.chunks, self.config, self.rng = chunks, config, rng
         self.vocab_size = vocab_size
-        self.counts = np.bincount(ids, minlength=vocab_size)[:vocab_size].astype(np.int64)
+        self.counts = np.zeros(vocab_size, np.int64)
+        self.sentences = 0
+        for ids, lengths in chunks():
+            self.counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
+            self.sentences += len(lengths)
         self.counts[:FIRST_WORD] = 0
         self.keep = keep_probabilities(self.counts, config.subsample)
         noise = self.counts.astype(np.float64) ** NOISE_POWER
@@ -169,19 +175,14 @@ class SkipGramBatches:
                 for name, spec in self.batch_spec().items()}
 
     def epoch(self) -> Iterator[dict[str, np.ndarray]]:
-        """One pass over the corpus, CHUNK_TOKENS tokens (whole sentences) at a time."""
-        chunk_starts = np.arange(0, self.offsets[-1], CHUNK_TOKENS)
-        bounds = np.searchsorted(self.offsets, chunk_starts, side="right") - 1  # sentence numbers
-        bounds = np.unique(np.append(bounds, len(self.offsets) - 1))
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            yield from self._batches(*self._blocks(lo, hi))
+        """One pass over the corpus, a chunk of whole sentences at a time."""
+        for ids, lengths in self.chunks():
+            yield from self._batches(*self._blocks(ids, lengths))
 
-    def _blocks(self, lo: int, hi: int) -> tuple[np.ndarray, ...]:
-        """Subsample sentences lo..hi-1 and cut them into blocks of centre words with their context."""
+    def _blocks(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Subsample a chunk's sentences and cut them into blocks of centre words with their context."""
         w, p = self.config.window, self.block
-        start, end = self.offsets[lo], self.offsets[hi]
-        ids = self.ids[start:end]
-        sentence = np.repeat(np.arange(lo, hi, dtype=np.int32), np.diff(self.offsets[lo:hi + 1]))
+        sentence = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
         kept = self.rng.random(len(ids), dtype=np.float32) < self.keep[ids]
         ids, sentence = ids[kept].astype(np.int32), sentence[kept]
         n = len(ids)
@@ -238,18 +239,32 @@ def linear_rate(start: float, done: np.ndarray, total: float) -> np.ndarray:
 class TrainResult:
     vectors: np.ndarray  # (vocab, dim) float32 input vectors, row i = piece id i
     counts: np.ndarray  # training occurrences of each id (specials 0)
+    sentences: int
     effective_words: int  # centre words trained on, over all epochs
     train_seconds: float
     compile_seconds: float
 
 
-def train(ids: np.ndarray, offsets: np.ndarray, vocab_size: int, config: PretrainConfig,
+def in_memory(ids: np.ndarray, offsets: np.ndarray) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """Chunks (see `SkipGramBatches`) of flat piece ids whose sentences start at `offsets`."""
+    ids, offsets = np.asarray(ids), np.asarray(offsets, np.int64)
+
+    def chunks():
+        starts = np.arange(0, offsets[-1], CHUNK_TOKENS)
+        bounds = np.unique(np.append(np.searchsorted(offsets, starts, side="right") - 1, len(offsets) - 1))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            yield ids[offsets[lo]:offsets[hi]], np.diff(offsets[lo:hi + 1])
+
+    return chunks
+
+
+def train(chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], vocab_size: int, config: PretrainConfig,
           seed: int, name: str = "") -> TrainResult:
-    """Train skip-gram vectors on one side's flat piece ids; `offsets` mark sentence boundaries."""
+    """Train skip-gram vectors on one side's sentences, given by `chunks` (see `SkipGramBatches`)."""
     if keras.backend.backend() != "tensorflow":
         raise ConfigError(f"pretraining needs Keras' TensorFlow backend, not {keras.backend.backend()}")
     rng = np.random.default_rng(seed)
-    batches = SkipGramBatches(ids, offsets, vocab_size, config, rng)
+    batches = SkipGramBatches(chunks, vocab_size, config, rng)
     model = SkipGram(vocab_size, config.dim, config.window, config.negatives, seed=seed,
                      name=f"skipgram_{name}")
     # No optimizer: the update is word2vec's own. XLA makes the step fast and its scatter-adds
@@ -271,5 +286,5 @@ def train(ids: np.ndarray, offsets: np.ndarray, vocab_size: int, config: Pretrai
     # Ids 0-3 are never trained: they keep their small random start (not zeros, which would give
     # cosine tools such as gensim's most_similar a division by zero).
     vectors = np.array(model.input_vectors.embeddings.numpy(), dtype=np.float32)
-    return TrainResult(vectors, batches.counts, batches.words_done,
+    return TrainResult(vectors, batches.counts, batches.sentences, batches.words_done,
                        train_seconds=finished - compiled, compile_seconds=compiled - started)

@@ -15,7 +15,7 @@ from pipeline.artifacts import Run
 from pipeline.config import PretrainConfig, TokenizeConfig
 from pipeline.errors import InputError, StageError
 from pipeline.pretrain import load_pretrained, pretrain
-from pipeline.tokenize import load_processor, tokenize
+from pipeline.tokenize import load_encoded, load_processor, tokenize
 
 # Each sentence uses the letters of one group only, so letters of a group always co-occur and
 # letters of different groups never do. A character model makes every letter one piece.
@@ -170,9 +170,9 @@ def test_extra_text_is_encoded_and_trained_on(corpus, tmp_path):
     pieces = sum(len(ids) for ids in sp.encode(lines))
     assert report["src"]["extra"] == {"path": str(extra), "sentences": 300, "tokens": pieces}
     assert report["tgt"]["extra"] is None
-    with np.load(run.path("tokenize", "train.npz")) as z:
-        assert report["src"]["tokens"] == np.count_nonzero(z["src_ids"] >= 4) + pieces
-        assert report["tgt"]["tokens"] == np.count_nonzero(z["tgt_ids"] >= 4)
+    encoded = list(load_encoded(run, "test").read())
+    assert report["src"]["tokens"] == sum(np.count_nonzero(s >= 4) for s, _ in encoded) + pieces
+    assert report["tgt"]["tokens"] == sum(np.count_nonzero(t >= 4) for _, t in encoded)
     manifest = run.manifest("pretrain")
     assert set(manifest["inputs"]) == {"extra_src"}
     assert manifest["inputs"]["extra_src"]["path"] == str(extra)
@@ -193,7 +193,7 @@ def test_one_step_matches_a_per_pair_reference():
                                                learning_rate=0.1, batch_size=10_000, seed=3)
     ids = np.array([4, 5, 1, 6, 7, 4, 8, 9, 10, 11, 5, 6, 7], np.int32)  # id 1 (unk) is dropped
     offsets = np.array([0, 5, 6, 13])  # three sentences, the middle one a single word
-    batches = word2vec.SkipGramBatches(ids, offsets, vocab, config, np.random.default_rng(0))
+    batches = word2vec.SkipGramBatches(word2vec.in_memory(ids, offsets), vocab, config, np.random.default_rng(0))
     (batch,) = list(batches.epoch())
     assert batch["steps"] == 1
 
@@ -244,7 +244,7 @@ def test_noise_words_follow_the_unigram_distribution_to_the_075():
     counts = np.array([0, 0, 0, 0, 10_000, 1000, 100])
     ids = np.repeat(np.arange(7, dtype=np.int32), counts)
     config = PretrainConfig(dim=4, window=1, negatives=5, subsample=0.0, batch_size=64)
-    batches = word2vec.SkipGramBatches(ids, np.array([0, len(ids)]), 7, config, np.random.default_rng(0))
+    batches = word2vec.SkipGramBatches(word2vec.in_memory(ids, [0, len(ids)]), 7, config, np.random.default_rng(0))
     noise = np.concatenate([b["noise"][:b["steps"]].reshape(-1) for b in batches.epoch()])
     expected = counts[4:] ** 0.75 / (counts[4:] ** 0.75).sum()
     observed = np.bincount(noise, minlength=7)[4:] / np.count_nonzero(noise >= 4)
@@ -255,7 +255,7 @@ def test_noise_words_follow_the_unigram_distribution_to_the_075():
 def test_windows_are_sampled_uniformly_up_to_the_maximum():
     ids = np.full(20_000, 4, np.int32)
     config = PretrainConfig(dim=4, window=4, subsample=0.0)
-    batches = word2vec.SkipGramBatches(ids, np.array([0, len(ids)]), 5, config, np.random.default_rng(0))
+    batches = word2vec.SkipGramBatches(word2vec.in_memory(ids, [0, len(ids)]), 5, config, np.random.default_rng(0))
     windows = np.concatenate([b["windows"].reshape(-1) for b in batches.epoch()])
     windows = windows[windows > 0]  # 0 marks padding
     assert len(windows) == len(ids)

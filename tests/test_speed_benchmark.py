@@ -12,7 +12,6 @@ import pytest
 from benchmarks import report
 from benchmarks.measure import batch_tokens, interval_rates
 from pipeline.tokenize import PAD
-from pipeline.train import make_dataset
 from tests.conftest import ROOT, toy_pairs, write_corpus
 
 SCRIPT = ROOT / "benchmarks" / "speed.py"
@@ -58,7 +57,8 @@ def test_quick_mode_measures_every_figure(toy_data, tiny_run, tmp_path):
 
     rows = results["stream"]["rows"]
     assert [(r["scale"], r["pairs"]) for r in rows] == [(1, 600), (2, 1200)]
-    assert all(r[stage]["peak_rss_mib"] > 0 for r in rows for stage in ("tokenize", "pretrain"))
+    assert all(r[stage]["peak_rss_mib"] > 0 for r in rows for stage in ("tokenize", "pretrain", "train"))
+    assert all(r["train"]["tok_per_s"] > 0 for r in rows)
 
     names = [f["figure"] for f in results["figures"]]
     assert names == ["training throughput", "training peak RSS", "decoding, greedy", "decoding, beam 5",
@@ -91,20 +91,26 @@ def test_interval_rates_skip_the_warmup_and_a_last_short_interval():
     assert interval_rates(times, tokens, warmup=1, interval=2) == [20 / 2, 50 / 3]
 
 
-def test_token_counts_replay_the_batches_fit_sees():
+def test_token_counts_replay_the_batches_the_loop_sees(tmp_path):
+    from pipeline.corpus import EncodedCorpus, ShardWriter, batches as corpus_batches
+
     rng = np.random.default_rng(0)
-    src = [rng.integers(4, 50, n).astype(np.int32) for n in rng.integers(1, 20, 100)]
-    tgt = [rng.integers(4, 50, n).astype(np.int32) for n in rng.integers(1, 20, 100)]
+    writer = ShardWriter(tmp_path)
+    tgt = [rng.integers(4, 50, n).tolist() for n in rng.integers(1, 20, 100)]
+    for t, n in zip(tgt, rng.integers(1, 20, 100)):
+        writer.add(rng.integers(4, 50, n).tolist(), t)
+    writer.close()
+    corpus = EncodedCorpus(tmp_path)
 
     def batches():  # as benchmarks/measure.py makes them: seeded, repeated past the first epoch
-        return make_dataset(src, tgt, batch_size=16, shuffle=True, seed=3).repeat()
+        return corpus_batches(corpus.dataset(seed=3), 16, 80, seed=3).repeat()
 
     first = [y for _, y in batches().take(20).as_numpy_iterator()]
     second = [y for _, y in batches().take(20).as_numpy_iterator()]
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     counts = batch_tokens(batches(), 20)
     assert counts == [int((y != PAD).sum()) for y in first]
-    epoch = len(list(make_dataset(src, tgt, batch_size=16, shuffle=True, seed=3)))
+    epoch = len(list(corpus_batches(corpus.dataset(seed=3), 16, 80, seed=3)))
     assert sum(counts[:epoch]) == sum(len(t) + 1 for t in tgt)  # every target piece and its </s>, once
 
 

@@ -20,15 +20,15 @@ def test_sentencepiece_round_trip_and_encoded_pairs(toy_corpus, tmp_path):
                       tgt=str(toy_corpus["train_tgt"]), src_lang="ja", tgt_lang="en")
     assert report["kept"] == 1200 and report["dropped_empty"] == 0
     processors, manifest = load_tokenizers(run, needed_by="test")
-    assert manifest["stage"] == "tokenize" and set(manifest["outputs"]) >= {"train.npz", "spm.src.model"}
+    assert manifest["stage"] == "tokenize" and set(manifest["outputs"]) >= {"train.json", "train-00000.tfrecord", "spm.src.model"}
     src_lines = toy_corpus["train_src"].read_text(encoding="utf-8").splitlines()
     tgt_lines = toy_corpus["train_tgt"].read_text(encoding="utf-8").splitlines()
     for line in src_lines[:50]:
         assert processors["src"].decode(processors["src"].encode(line)) == line
-    encoded = load_encoded(run, needed_by="test")
-    assert len(encoded["src"]) == len(encoded["tgt"]) == 1200
-    assert processors["tgt"].decode(encoded["tgt"][7].tolist()) == tgt_lines[7]
-    assert all(seq.dtype == np.int32 and seq.min() > 3 for seq in encoded["src"][:20])
+    encoded = list(load_encoded(run, needed_by="test").read())
+    assert len(encoded) == 1200
+    assert processors["tgt"].decode(encoded[7][1].tolist()) == tgt_lines[7]
+    assert all(seq.dtype == np.int32 and seq.min() > 3 for seq, _ in encoded[:20])
 
 
 def test_empty_and_overlong_pairs_are_dropped_and_counted(tmp_path):
@@ -56,7 +56,8 @@ def test_tsv_columns(tmp_path):
                       src_lang="ja", tgt_lang="en")
     assert report["kept"] == 150
     processors, _ = load_tokenizers(run, "test")
-    assert processors["src"].decode(load_encoded(run, "test")["src"][0].tolist()) == pairs[0][0]
+    first_src, _ = next(load_encoded(run, "test").read())
+    assert processors["src"].decode(first_src.tolist()) == pairs[0][0]
 
 
 def test_tsv_with_too_few_columns(tmp_path):

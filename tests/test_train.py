@@ -15,22 +15,29 @@ from pipeline.errors import ConfigError, StageError
 from pipeline.model import build_model
 from pipeline.tokenize import tokenize
 from pipeline.vocab import BOS, EOS, PAD
-from pipeline.train import batch_order, compile_for_training, filter_length, make_dataset, masked_loss, train
+from pipeline.distribute import Loop, token_loss
+from pipeline.train import compile_for_training, filter_length, train
 from tests.conftest import TINY_MODEL, toy_pairs, write_corpus
+
+
+def _loss(label_smoothing, y, logits) -> float:
+    total, tokens = token_loss(y, logits, label_smoothing)
+    return float(total) / float(tokens)
 
 
 def test_loss_ignores_padding_and_averages_over_real_tokens():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 4, 7)).astype("float32")
     y = np.array([[4, 5, 6, PAD], [4, PAD, PAD, PAD]], np.int32)
-    loss = float(masked_loss(0.0)(y, logits))
+    loss = _loss(0.0, y, logits)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     real = [(0, 0), (0, 1), (0, 2), (1, 0)]
     expected = -np.mean([log_probs[b, t, y[b, t]] for b, t in real])
     assert loss == pytest.approx(expected, rel=1e-5)
+    assert float(token_loss(y, logits, 0.0)[1]) == 4
     changed = logits.copy()
     changed[0, 3] = 50.0  # whatever the model says at padded positions does not count
-    assert float(masked_loss(0.0)(y, changed)) == pytest.approx(loss, rel=1e-6)
+    assert _loss(0.0, y, changed) == pytest.approx(loss, rel=1e-6)
 
 
 def test_label_smoothing_mixes_in_the_uniform_distribution():
@@ -39,75 +46,34 @@ def test_label_smoothing_mixes_in_the_uniform_distribution():
     y = np.array([[1]], np.int32)
     log_probs = logits[0, 0] - np.log(np.exp(logits[0, 0]).sum())
     expected = 0.9 * -log_probs[1] + 0.1 * -log_probs.mean()
-    assert float(masked_loss(0.1)(y, logits)) == pytest.approx(expected, rel=1e-5)
+    assert _loss(0.1, y, logits) == pytest.approx(expected, rel=1e-5)
 
 
-def test_batches_are_bucketed_and_shifted_for_teacher_forcing():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(1, 30, 300)  # target lengths follow source lengths, as in real corpora
-    src = [rng.integers(4, 50, n).astype(np.int32) for n in lengths]
-    tgt = [rng.integers(4, 50, max(1, n + rng.integers(-2, 3))).astype(np.int32) for n in lengths]
-    seen, real, padded = 0, 0, 0
-    for (s, t_in), t_out in make_dataset(src, tgt, batch_size=16, shuffle=True, seed=1):
-        s, t_in, t_out = s.numpy(), t_in.numpy(), t_out.numpy()
-        assert t_in.shape == t_out.shape and s.shape[0] == t_in.shape[0] <= 16
-        assert np.all(t_in[:, 0] == BOS)
-        for row_in, row_out in zip(t_in, t_out):
-            n = (row_out != PAD).sum()
-            assert row_out[n - 1] == EOS
-            np.testing.assert_array_equal(row_in[1:n], row_out[:n - 1])
-        seen += len(s)
-        real += (s != PAD).sum() + (t_out != PAD).sum()
-        padded += s.size + t_out.size
-    assert seen == 300
-    # batches of 16 taken in random order would be about 60% real tokens here
-    unbucketed = sum(len(x) + 1 for x in src + tgt) / sum(
-        16 * (max(len(x) for x in src[i:i + 16]) + max(len(y) for y in tgt[i:i + 16]) + 2)
-        for i in range(0, 288, 16)) 
-    assert real / padded > unbucketed + 0.15
+def test_a_step_of_the_loop_is_adams_step_on_the_clipped_gradient_of_the_token_loss():
+    import tensorflow as tf
 
-
-def test_each_pass_takes_every_pair_once_in_a_new_order_with_targets_of_one_length_per_batch():
-    rng = np.random.default_rng(0)
-    tgt_len = rng.integers(1, 40, 5000)
-    src_len = tgt_len + rng.integers(0, 5, 5000)
-    first = batch_order(src_len, tgt_len, 64, np.random.default_rng([1, 0]))
-    again = batch_order(src_len, tgt_len, 64, np.random.default_rng([1, 0]))
-    second = batch_order(src_len, tgt_len, 64, np.random.default_rng([1, 1]))
-    for order in (first, second):
-        assert sorted(np.concatenate(order).tolist()) == list(range(5000))
-        assert all(len(b) <= 64 for b in order)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))  # seeded
-    assert not all(np.array_equal(a, b) for a, b in zip(first, second))  # reshuffled per pass
-    real = sum(tgt_len[b].sum() for b in first)
-    slots = sum(len(b) * tgt_len[b].max() for b in first)
-    assert real / slots > 0.95  # target rows padded very little
-    fixed = batch_order(src_len, tgt_len, 64, None)
-    assert all(np.array_equal(a, b) for a, b in zip(fixed, batch_order(src_len, tgt_len, 64, None)))
-
-
-def test_a_resumed_training_sees_the_batches_of_its_epoch():
-    rng = np.random.default_rng(2)
-    src = [rng.integers(4, 50, n).astype(np.int32) for n in rng.integers(1, 12, 200)]
-    tgt = [rng.integers(4, 50, n).astype(np.int32) for n in rng.integers(1, 12, 200)]
-    two_passes = [y for _, y in make_dataset(src, tgt, 16, True, 5).repeat(2).as_numpy_iterator()]
-    second = [y for _, y in make_dataset(src, tgt, 16, True, 5, first_pass=1).as_numpy_iterator()]
-    assert len(two_passes) == 2 * len(second)
-    assert all(np.array_equal(a, b) for a, b in zip(two_passes[len(second):], second, strict=True))
-
-
-def test_the_training_step_is_compiled_with_the_configs_optimizer_and_the_masked_loss():
+    config = TrainConfig(learning_rate=3e-3, clip_norm=0.5, label_smoothing=0.0)
     model = build_model(ModelConfig(**TINY_MODEL), 20, 20)
-    compile_for_training(model, TrainConfig(learning_rate=3e-3, clip_norm=0.5, label_smoothing=0.0))
+    compile_for_training(model, config)
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     assert float(model.optimizer.learning_rate) == pytest.approx(3e-3)
-    assert model.optimizer.global_clipnorm == 0.5
     src = np.array([[5, 6, EOS], [7, EOS, PAD]], np.int32)
     tgt_in = np.array([[BOS, 8, 9], [BOS, 10, PAD]], np.int32)
     tgt_out = np.array([[8, 9, EOS], [10, EOS, PAD]], np.int32)
-    logits = model((src, tgt_in))
-    loss = model.compute_loss(x=(src, tgt_in), y=tgt_out, y_pred=logits)
-    assert float(loss) == pytest.approx(float(masked_loss(0.0)(tgt_out, logits)), rel=1e-6)
+    reference = build_model(ModelConfig(**TINY_MODEL), 20, 20)
+    reference.set_weights(model.get_weights())
+    with tf.GradientTape() as tape:
+        loss = token_loss(tgt_out, reference((src, tgt_in), training=True), 0.0)
+        loss = loss[0] / loss[1]
+    grads = tape.gradient(loss, reference.trainable_variables)
+    keras.optimizers.Adam(3e-3, global_clipnorm=0.5).apply(grads, reference.trainable_variables)
+
+    loop = Loop(tf.distribute.get_strategy(), model, config.clip_norm, config.label_smoothing)
+    batch = tf.data.Dataset.from_tensors(((src, tgt_in), tgt_out))
+    history = loop.fit(lambda epoch, min_rows: batch, batch, epochs=1, initial_epoch=0, callbacks=[])
+    assert history["loss"][0] == pytest.approx(float(loss), rel=1e-5)
+    for after, expected in zip(model.trainable_variables, reference.trainable_variables, strict=True):
+        np.testing.assert_allclose(after.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_pairs_with_an_empty_or_too_long_side_are_skipped():
@@ -233,15 +199,10 @@ def test_the_learning_rate_waits_lr_patience_epochs_before_it_falls(tmp_path, to
         TrainConfig(lr_patience=0).validate()
 
 
-def test_the_progress_total_is_the_epochs_batch_count_and_tensorboard_gets_the_curves(tmp_path, toy_corpus):
-    from pipeline.train import TrainingData, batch_order
-
+def test_tensorboard_gets_the_curves(tmp_path, toy_corpus):
     run = _tokenized(tmp_path, toy_corpus)
     train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=2, batch_size=16, patience=10),
           dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
-    data = TrainingData(*filter_length([np.ones(3)] * 7000, [np.ones(2)] * 7000, 80), dev=None)
-    lengths = np.full(7000, 3)
-    assert data.batches_per_epoch(64) == len(batch_order(lengths, lengths, 64, np.random.default_rng(0))) == 110  # 100 + 10
 
     import tensorflow as tf
 

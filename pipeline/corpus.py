@@ -1,0 +1,200 @@
+"""The encoded training corpus on disk, and the batches training reads from it, in tf.data.
+
+`tokenize` writes the pairs it keeps, in corpus order, as TFRecord shards of at most
+SHARD_PAIRS pairs (`train-00000.tfrecord`, ...) and an index, `train.json`: each shard's pairs
+and tokens. A record is a `tf.train.Example` with int64 features `src` and `tgt` (piece ids,
+without <s> or </s>) and `n` (the pair's number in the corpus, from 0). Nothing here holds the
+corpus in memory: writing goes shard by shard, reading streams.
+
+Training batches (`batches`) keep what the in-memory path did: each epoch a new order drawn
+from the seed and the epoch number (so a resumed or repeated run sees the same batches), and
+little padding, because pools of POOL batches' worth of pairs are sorted by target then source
+length before they are cut into batches. Shuffling is streamed: shard order, then a buffer of
+SHUFFLE_PAIRS pairs (the whole corpus, below that size), then a buffer of batches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipeline.vocab import BOS, EOS, PAD
+
+INDEX = "train.json"
+SHARD_PAIRS = 100_000
+SHUFFLE_PAIRS = 100_000
+POOL = 100  # batches' worth of pairs sorted by length together
+SHUFFLE_BATCHES = 2 * POOL
+INTERLEAVE = 4  # shards read at once
+
+
+def shard_name(number: int) -> str:
+    return f"train-{number:05d}.tfrecord"
+
+
+class ShardWriter:
+    """Writes encoded pairs into numbered TFRecord shards in `directory`, then the index."""
+
+    def __init__(self, directory: Path, shard_pairs: int = SHARD_PAIRS):
+        import tensorflow as tf
+
+        self.tf, self.directory, self.shard_pairs = tf, Path(directory), shard_pairs
+        self.shards: list[dict[str, Any]] = []
+        self.writer = None
+        self.pairs = 0
+
+    def add(self, src: list[int], tgt: list[int]) -> None:
+        tf = self.tf
+        if self.writer is None or self.shards[-1]["pairs"] == self.shard_pairs:
+            self._next_shard()
+        feature = {"src": tf.train.Feature(int64_list=tf.train.Int64List(value=src)),
+                   "tgt": tf.train.Feature(int64_list=tf.train.Int64List(value=tgt)),
+                   "n": tf.train.Feature(int64_list=tf.train.Int64List(value=[self.pairs]))}
+        self.writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+        shard = self.shards[-1]
+        shard["pairs"] += 1
+        shard["src_tokens"] += len(src)
+        shard["tgt_tokens"] += len(tgt)
+        self.pairs += 1
+
+    def _next_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.shards.append({"name": shard_name(len(self.shards)), "pairs": 0, "src_tokens": 0, "tgt_tokens": 0})
+        self.writer = self.tf.io.TFRecordWriter(str(self.directory / self.shards[-1]["name"]))
+
+    def close(self) -> list[str]:
+        """Close the last shard, write the index; return the names of the files written."""
+        if self.writer is not None:
+            self.writer.close()
+        (self.directory / INDEX).write_text(json.dumps({"pairs": self.pairs, "shards": self.shards}, indent=1))
+        return [INDEX] + [shard["name"] for shard in self.shards]
+
+
+class EncodedCorpus:
+    """The shards of a tokenize stage directory, read through tf.data."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        index = json.loads((self.directory / INDEX).read_text(encoding="utf-8"))
+        self.shards: list[dict[str, Any]] = index["shards"]
+        self.pairs: int = index["pairs"]
+
+    @staticmethod
+    def files(directory: Path) -> list[str]:
+        """The index and shard names of the corpus in `directory` (for a manifest check)."""
+        index = json.loads((Path(directory) / INDEX).read_text(encoding="utf-8"))
+        return [INDEX] + [shard["name"] for shard in index["shards"]]
+
+    def tokens(self, side: str) -> int:
+        return sum(shard[f"{side}_tokens"] for shard in self.shards)
+
+    def dataset(self, seed: int | None = None, first: int = 0, end: int | None = None):
+        """The pairs numbered first..end-1 as {"src", "tgt", "n"} int32 tensors: in corpus order,
+        or, with a `seed`, shuffled (shard order, interleaving, then a buffer of pairs)."""
+        import tensorflow as tf
+
+        end = self.pairs if end is None else end
+        starts = np.cumsum([0] + [shard["pairs"] for shard in self.shards])
+        wanted = [str(self.directory / shard["name"]) for shard, lo, hi in zip(self.shards, starts, starts[1:])
+                  if lo < end and hi > first]
+        files = tf.data.Dataset.from_tensor_slices(wanted)
+        if seed is None:
+            records = tf.data.TFRecordDataset(files)
+        else:
+            parallel = min(INTERLEAVE, len(wanted))
+            records = (files.shuffle(len(wanted), seed=seed)
+                       .interleave(tf.data.TFRecordDataset, cycle_length=parallel, num_parallel_calls=parallel,
+                                   deterministic=True)
+                       .shuffle(SHUFFLE_PAIRS, seed=seed + 1))
+        pairs = records.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if first > 0 or end < self.pairs:
+            pairs = pairs.filter(lambda p: (p["n"] >= first) & (p["n"] < end))
+        return pairs
+
+    def unreadable_shard(self) -> Path | None:
+        """The first shard whose records cannot all be read, if any."""
+        import tensorflow as tf
+
+        for shard in self.shards:
+            path = self.directory / shard["name"]
+            try:
+                for _ in tf.data.TFRecordDataset(str(path)):
+                    pass
+            except tf.errors.OpError:
+                return path
+        return None
+
+    def read(self, first: int = 0, end: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(src, tgt) id arrays of the pairs first..end-1, in corpus order."""
+        for pair in self.dataset(first=first, end=end).as_numpy_iterator():
+            yield pair["src"], pair["tgt"]
+
+    def chunks(self, side: str, sentences: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One side's sentences, in corpus order, as ragged chunks: (flat ids, lengths) arrays of
+        about `sentences` sentences each."""
+        ids = self.dataset().map(lambda p: p[side]).ragged_batch(sentences)
+        yield from ids.map(lambda chunk: (chunk.flat_values, chunk.row_lengths())).prefetch(2).as_numpy_iterator()
+
+
+def _parse(record):
+    import tensorflow as tf
+
+    spec = {"src": tf.io.RaggedFeature(tf.int64), "tgt": tf.io.RaggedFeature(tf.int64),
+            "n": tf.io.FixedLenFeature([], tf.int64)}
+    example = tf.io.parse_single_example(record, spec)
+    return {"src": tf.cast(example["src"], tf.int32), "tgt": tf.cast(example["tgt"], tf.int32), "n": example["n"]}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's order: a function of the run's seed and the epoch number only."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] % (2**31 - 4))
+
+
+def batches(pairs, batch_size: int, max_len: int, seed: int | None = None, min_rows: int = 1):
+    """Batches ((src, tgt_in), tgt_out) of `pairs` ({"src", "tgt"} id tensors) for teacher forcing.
+
+    src gets </s> appended; tgt_in = <s> y, tgt_out = y </s>, padded with PAD. Pairs with an empty
+    side or a side of `max_len` pieces or more are skipped. Each pool of POOL * batch_size pairs
+    is sorted by target then source length and cut into batches, so nearly every target row of a
+    batch has the batch's length; with a `seed` the batches are then shuffled. Batches of fewer
+    than `min_rows` rows (one for each replica) are dropped.
+    """
+    import tensorflow as tf
+
+    def fits(p):
+        s, t = tf.size(p["src"]), tf.size(p["tgt"])
+        return (s > 0) & (s < max_len) & (t > 0) & (t < max_len)
+
+    def cut(pool):
+        s_len, t_len = pool["src"].row_lengths(), pool["tgt"].row_lengths()
+        order = tf.argsort(t_len * (max_len + 1) + s_len, stable=True)
+        sorted_pool = (tf.gather(pool["src"], order), tf.gather(pool["tgt"], order))
+        return tf.data.Dataset.from_tensor_slices(sorted_pool).ragged_batch(batch_size)
+
+    def teacher_forcing(src, tgt):
+        n = src.nrows()
+        eos, bos = tf.fill([n, 1], EOS), tf.fill([n, 1], BOS)
+        src = tf.concat([src, eos], axis=1).to_tensor(PAD)
+        return (src, tf.concat([bos, tgt], axis=1).to_tensor(PAD)), tf.concat([tgt, eos], axis=1).to_tensor(PAD)
+
+    out = (pairs.filter(fits).map(lambda p: {"src": p["src"], "tgt": p["tgt"]})
+           .ragged_batch(POOL * batch_size).flat_map(cut)
+           .map(teacher_forcing, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    if min_rows > 1:
+        out = out.filter(lambda inputs, target: tf.shape(target)[0] >= min_rows)
+    if seed is not None:
+        out = out.shuffle(SHUFFLE_BATCHES, seed=seed + 2)
+    return out.prefetch(tf.data.AUTOTUNE)
+
+
+def pairs_from_lists(src: list, tgt: list):
+    """A dataset of {"src", "tgt"} pairs from id lists in memory (a dev set, a test's corpus)."""
+    import tensorflow as tf
+
+    ragged = {"src": tf.ragged.constant([list(map(int, x)) for x in src], dtype=tf.int32, ragged_rank=1),
+              "tgt": tf.ragged.constant([list(map(int, y)) for y in tgt], dtype=tf.int32, ragged_rank=1)}
+    return tf.data.Dataset.from_tensor_slices(ragged)

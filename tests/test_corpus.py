@@ -1,0 +1,92 @@
+"""The encoded corpus on disk (TFRecord shards) and the training batches streamed from it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.corpus import EncodedCorpus, ShardWriter, batches, epoch_seed, pairs_from_lists
+from pipeline.vocab import BOS, EOS, PAD
+
+
+def _random_pairs(n: int, seed: int = 0) -> tuple[list, list]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 30, n)  # target lengths follow source lengths, as in real corpora
+    src = [rng.integers(4, 50, k).tolist() for k in lengths]
+    tgt = [rng.integers(4, 50, max(1, k + rng.integers(-2, 3))).tolist() for k in lengths]
+    return src, tgt
+
+
+def _write(tmp_path, src, tgt, shard_pairs: int) -> EncodedCorpus:
+    writer = ShardWriter(tmp_path, shard_pairs=shard_pairs)
+    for s, t in zip(src, tgt):
+        writer.add(s, t)
+    files = writer.close()
+    assert files == EncodedCorpus.files(tmp_path)
+    return EncodedCorpus(tmp_path)
+
+
+def test_shards_hold_every_pair_in_order_and_the_index_counts_them(tmp_path):
+    src, tgt = _random_pairs(250)
+    corpus = _write(tmp_path, src, tgt, shard_pairs=100)
+    assert [s["pairs"] for s in corpus.shards] == [100, 100, 50] and corpus.pairs == 250
+    assert corpus.tokens("tgt") == sum(map(len, tgt))
+    read = list(corpus.read())
+    assert [s.tolist() for s, _ in read] == src and [t.tolist() for _, t in read] == tgt
+    assert [s.tolist() for s, _ in corpus.read(first=180, end=220)] == src[180:220]
+    chunks = list(corpus.chunks("src", 64))
+    assert [len(lengths) for _, lengths in chunks] == [64, 64, 64, 58]
+    assert np.concatenate([ids for ids, _ in chunks]).tolist() == sum(src, [])
+
+
+def _epoch(corpus, epoch, batch_size=16, end=None, min_rows=1):
+    seed = epoch_seed(7, epoch)
+    return list(batches(corpus.dataset(seed=seed, end=end), batch_size, 80, seed, min_rows).as_numpy_iterator())
+
+
+def _rows(epoch_batches) -> list[tuple]:
+    return [tuple(row[row != PAD].tolist()) for (s, _), _ in epoch_batches for row in s]
+
+
+def test_each_epoch_takes_every_pair_once_in_its_own_seeded_order(tmp_path):
+    src, tgt = _random_pairs(600, seed=1)
+    corpus = _write(tmp_path, src, tgt, shard_pairs=128)
+    first, again, second = _epoch(corpus, 0), _epoch(corpus, 0), _epoch(corpus, 1)
+    expected = sorted(tuple(s + [EOS]) for s in src)
+    assert sorted(_rows(first)) == sorted(_rows(second)) == expected
+    assert _rows(first) == _rows(again)  # an epoch's batches depend on the seed and the epoch only
+    assert _rows(first) != _rows(second)
+    assert sorted(_rows(_epoch(corpus, 0, end=500))) == sorted(tuple(s + [EOS]) for s in src[:500])
+
+
+def test_batches_are_bucketed_and_shifted_for_teacher_forcing(tmp_path):
+    src, tgt = _random_pairs(300)
+    corpus = _write(tmp_path, src, tgt, shard_pairs=1000)
+    real = padded = 0
+    for (s, t_in), t_out in _epoch(corpus, 0):
+        assert t_in.shape == t_out.shape and s.shape[0] == t_in.shape[0] <= 16
+        assert np.all(t_in[:, 0] == BOS) and np.all(s[np.arange(len(s)), (s != PAD).sum(1) - 1] == EOS)
+        for row_in, row_out in zip(t_in, t_out):
+            n = (row_out != PAD).sum()
+            assert row_out[n - 1] == EOS
+            np.testing.assert_array_equal(row_in[1:n], row_out[:n - 1])
+        real += (s != PAD).sum() + (t_out != PAD).sum()
+        padded += s.size + t_out.size
+    # batches of 16 taken in corpus order would be about 60% real tokens here
+    unbucketed = sum(len(x) + 1 for x in src + tgt) / sum(
+        16 * (max(len(x) for x in src[i:i + 16]) + max(len(y) for y in tgt[i:i + 16]) + 2)
+        for i in range(0, 288, 16))
+    assert real / padded > unbucketed + 0.15
+
+
+def test_long_and_empty_pairs_are_skipped_and_small_batches_dropped_for_replicas():
+    pairs = pairs_from_lists([[4] * 3, [4] * 80, [5] * 2, [6]], [[7], [7], [], [8] * 5])
+    kept = list(batches(pairs, 16, 80).as_numpy_iterator())
+    assert [b[1].shape[0] for b in kept] == [2]  # the 80-piece and the empty side are skipped
+    assert list(batches(pairs, 16, 80, min_rows=3).as_numpy_iterator()) == []
+
+
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_epoch_seeds_differ_by_epoch_and_seed(epoch):
+    assert epoch_seed(7, epoch) == epoch_seed(7, epoch)
+    assert len({epoch_seed(7, epoch), epoch_seed(7, epoch + 1), epoch_seed(8, epoch)}) == 3

@@ -1,0 +1,126 @@
+"""Training on tf.distribute: two worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy,
+one thread each) against one process on the same global batches; a worker killed mid-epoch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TINY_MODEL
+
+TRAIN = ["--epochs", "3", "--batch-size", "32", "--patience", "10", "--no-pretrained", "--average-checkpoints", "0",
+         *[f"--{k.replace('_', '-')}={v}" for k, v in TINY_MODEL.items()]]
+# dropout 0: dropout masks drawn per replica slice cannot match one process's mask for the whole
+# batch, and the comparison below is of the arithmetic, which must agree to float rounding.
+
+
+@pytest.fixture(scope="module")
+def tokenized(toy_corpus, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("dist") / "run"
+    _cli(["tokenize", "--run", str(run), "--src", str(toy_corpus["train_src"]), "--tgt",
+          str(toy_corpus["train_tgt"]), "--vocab-size", "60"])
+    return run
+
+
+def _cli(args: list[str], env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, check=kwargs.pop("check", True), **kwargs)
+
+
+def _ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _workers(runs: list[Path], dev: list[str], kill_at: dict[int, str] | None = None) -> list[subprocess.Popen]:
+    hosts = [f"127.0.0.1:{p}" for p in _ports(len(runs))]
+    procs = []
+    for index, run in enumerate(runs):
+        env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+               "TF_CONFIG": json.dumps({"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}})}
+        if kill_at and index in kill_at:
+            env["NMT_KILL_AT"] = kill_at[index]
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "train", "--run", str(run),
+                                       "--strategy", "multiworker", *TRAIN, *dev],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    return procs
+
+
+def _reports(procs: list[subprocess.Popen], timeout: float = 400) -> list[dict]:
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, err[-3000:]
+        reports.append(json.loads(out))
+    return reports
+
+
+def _losses(run: Path) -> list[float]:
+    with (run / "train" / "history.csv").open() as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def _copies(tokenized: Path, tmp_path: Path, names: list[str]) -> list[Path]:
+    copies = [tmp_path / name for name in names]
+    for copy in copies:
+        shutil.copytree(tokenized, copy)
+    return copies
+
+
+def test_two_workers_train_to_identical_weights_and_the_loss_curve_of_one_process(tokenized, toy_corpus,
+                                                                                    tmp_path):
+    dev = ["--dev-src", str(toy_corpus["dev_src"]), "--dev-tgt", str(toy_corpus["dev_tgt"])]
+    chief_run, worker_run, single_run = _copies(tokenized, tmp_path, ["chief", "worker", "single"])
+    chief, worker = _reports(_workers([chief_run, worker_run], dev))
+    assert worker["worker"] == "worker 1" and worker["epochs"] == chief["epochs"] == 3
+    assert worker["weights_sha256"] == chief["weights_sha256"]
+    # the chief writes the run; the other worker leaves its copy as it was
+    assert (chief_run / "train" / "model.keras").is_file()
+    assert not (worker_run / "train").exists() and not (worker_run / ".staging" / "train").exists()
+
+    single = json.loads(_cli(["train", "--run", str(single_run), "--strategy", "one", *TRAIN, *dev],
+                             env={"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}).stdout)
+    # the same global batches: the same loss curve, up to the order of float sums across replicas
+    assert _losses(chief_run) == pytest.approx(_losses(single_run), rel=2e-3)
+    assert chief["best_dev_bleu"] == pytest.approx(single["best_dev_bleu"], abs=1.0)
+
+
+def test_a_worker_killed_mid_epoch_resumes_with_the_other_from_the_last_backup(tokenized, toy_corpus, tmp_path):
+    dev = ["--dev-src", str(toy_corpus["dev_src"]), "--dev-tgt", str(toy_corpus["dev_tgt"])]
+    runs = _copies(tokenized, tmp_path, ["chief", "worker"])
+    # 1200 pairs in batches of 32: 38 steps an epoch; the 50th step is in the second epoch
+    procs = _workers(runs, dev, kill_at={1: "train-batch:50"})
+    procs[1].wait(timeout=400)
+    assert procs[1].returncode == -signal.SIGKILL
+    time.sleep(1)
+    procs[0].kill()  # its peer is gone: its collectives would wait, then fail
+    procs[0].wait()
+    assert all((run / ".staging" / "train" / "backup" / "state.npz").is_file() for run in runs)
+
+    chief, worker = _reports(_workers(runs, dev))
+    assert chief["resumed_after_epoch"] == worker["resumed_after_epoch"] == 1
+    assert chief["epochs"] == worker["epochs"] == 3
+    assert chief["weights_sha256"] == worker["weights_sha256"]
+
+
+def test_multiworker_needs_a_cluster_and_pipeline_refuses_one(tokenized, tmp_path):
+    proc = _cli(["train", "--run", str(tokenized), "--strategy", "multiworker"], check=False,
+                env={"TF_CONFIG": ""})
+    assert proc.returncode != 0
+    assert "error: --strategy multiworker needs TF_CONFIG naming the cluster and this worker" in proc.stderr
+    assert "Traceback" not in proc.stderr
