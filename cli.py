@@ -7,6 +7,7 @@ is one line on stderr and exit code 1; `--verbose` shows the traceback as well.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import inspect
 import json
@@ -39,8 +40,8 @@ app = typer.Typer(
 )
 _state = {"verbose": False}
 
-RunOpt = typer.Option(..., "--run", help="Run directory, e.g. saved_models/NAME.")
-RunsOpt = typer.Option(..., "--run", help="Run directory; repeat it to ensemble several runs' models.")
+RunOpt = typer.Option(..., "--run", metavar="DIR", help="Run directory, e.g. saved_models/NAME.")
+RunsOpt = typer.Option(..., "--run", metavar="DIR", help="Run directory; repeat it to ensemble several runs' models.")
 
 
 def _print_version(value: bool) -> None:
@@ -137,16 +138,21 @@ def settings(**groups: Options) -> Callable:
                 flag = f.metadata.get("cli") or "--" + name.replace("_", "-")
                 if kinds[f.name] is bool:
                     flag = f"{flag}/--no-{flag[2:]}"
+                kind, default = kinds[f.name], f.default
+                if f.metadata.get("choices"):  # a real choice: listed in --help, completed, checked by click
+                    kind = enum.Enum(f.name, [(c, c) for c in f.metadata["choices"]], type=str)
+                    default = kind(default)
                 generated.append(inspect.Parameter(
-                    name, inspect.Parameter.KEYWORD_ONLY, annotation=kinds[f.name],
-                    default=typer.Option(f.default, flag, help=f.metadata.get("help"))))
+                    name, inspect.Parameter.KEYWORD_ONLY, annotation=kind,
+                    default=typer.Option(default, flag, help=f.metadata.get("help"))))
                 owner[name] = (group, f.name)
 
         @functools.wraps(fn)
         def command(**kwargs):
             values: dict[str, dict] = {group: {} for group in groups}
             for name, (group, field_name) in owner.items():
-                values[group][field_name] = kwargs.pop(name)
+                value = kwargs.pop(name)
+                values[group][field_name] = value.value if isinstance(value, enum.Enum) else value
             sections = {group: groups[group].section(**values[group]) for group in groups}
             _guard(lambda: _validate(sections, flags))
             return fn(**kwargs, **sections)

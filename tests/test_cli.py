@@ -75,8 +75,6 @@ def test_the_tiny_model_learned_the_toy_language(tiny_run):
     (["tokenize", "--run", "{tmp}/r", "--src", "{tmp}/latin1.ja", "--tgt", "{tmp}/a.en"], "is not valid UTF-8"),
     (["train", "--run", "{tmp}/empty"], "needs the tokenize stage's output"),
     (["translate", "--run", "{tmp}/empty"], "needs the tokenize stage's output"),
-    (["tokenize", "--run", "{tmp}/r", "--src", "{tmp}/a.ja", "--tgt", "{tmp}/a.en", "--model-type", "word2"],
-     "--model-type must be one of unigram, bpe, char"),
 ])
 def test_errors_are_one_line_with_exit_code_1(tmp_path, args, message):
     src, tgt = write_corpus(tmp_path, "a", toy_pairs(30))
@@ -87,6 +85,18 @@ def test_errors_are_one_line_with_exit_code_1(tmp_path, args, message):
     assert proc.stderr.startswith("error: ") and message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r" / "tokenize" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("args,option,choices", [
+    (["tokenize", "--src", "a.ja", "--tgt", "a.en", "--model-type", "word2"], "--model-type", "'unigram', 'bpe', 'char'"),
+    (["train", "--cell", "rnn"], "--cell", "'gru', 'lstm', 'lstm-peephole'"),
+    (["train", "--bleu-tokenize", "bogus"], "--bleu-tokenize", "'none', '13a', 'intl', 'char', 'ja-mecab', 'zh'"),
+])
+def test_a_value_outside_an_options_choices_is_refused_as_it_is_parsed(tmp_path, args, option, choices):
+    proc = cli(*args[:1], "--run", tmp_path / "r", *args[1:], check=False)
+    assert proc.returncode == 2  # a usage error, before the command starts
+    assert f"Invalid value for '{option}'" in proc.stderr and f"is not one of {choices}" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
 
 
 def test_translate_refuses_a_run_whose_model_is_missing(tiny_run, tmp_path):

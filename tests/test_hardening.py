@@ -167,8 +167,6 @@ def test_lr_decay_must_be_between_0_and_1(value):
     (["translate", "--max-input-tokens", "0"], "--max-input-tokens must be >= 1; got 0"),
     (["average", "--last", "0"], "averaging needs 2 or more checkpoints; got --last 0"),
     (["average", "--last", "-3"], "averaging needs 2 or more checkpoints; got --last -3"),
-    (["train", "--bleu-tokenize", "bogus"],
-     "--bleu-tokenize must be one of none, 13a, intl, char, ja-mecab, zh; got 'bogus'"),
     (["translate", "--greedy", "--beam", "3"], "--greedy and --beam conflict: choose one of --greedy, --sample or --beam"),
     (["translate", "--sample", "--beam", "3"], "--sample and --beam conflict: choose one of --greedy, --sample or --beam"),
     (["evaluate", "--src", "x", "--ref", "y", "--greedy", "--beam", "5"],
@@ -299,8 +297,9 @@ CRAFTED = {  # what is crafted, the command that loads it, the start of its erro
     "truncated spm": (lambda run: _truncate(run.path("tokenize", "spm.src.model")), "translate",
                       "error: {run}/tokenize/spm.src.model is not a readable SentencePiece model (RuntimeError",
                       "tokenize"),
-    "truncated npz": (lambda run: _truncate(run.path("tokenize", "train.npz")), "train",
-                      "error: {run}/tokenize/train.npz is not a readable encoded corpus (BadZipFile", "tokenize"),
+    "truncated shard": (lambda run: _truncate(run.path("tokenize", "train-00000.tfrecord")), "train",
+                        "error: {run}/tokenize/train-00000.tfrecord is not a readable encoded corpus (DataLossError",
+                        "tokenize"),
     "pickled npy": (_pickled_vectors, "train",
                     "error: {run}/pretrain/emb.src.npy is not a readable vector file (ValueError: Object arrays "
                     "cannot be loaded when allow_pickle=False)", "pretrain"),
@@ -315,7 +314,8 @@ def test_crafted_artifacts_are_refused_naming_the_file_and_the_stage_to_rerun(ti
     craft, command, error, stage = CRAFTED[case]
     run = copy_run(tiny_run, tmp_path)
     craft(run)
-    for stage_name, name in (("train", "model.keras"), ("tokenize", "spm.src.model"), ("tokenize", "train.npz")):
+    for stage_name, name in (("train", "model.keras"), ("tokenize", "spm.src.model"),
+                            ("tokenize", "train-00000.tfrecord")):
         rehash(run, stage_name, name)
     proc = cli(command, "--run", run.root, stdin="あか 。\n", check=False)
     lines = error_lines(proc)

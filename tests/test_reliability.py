@@ -120,7 +120,7 @@ def test_a_swap_killed_halfway_is_repaired_by_the_next_reader(new_one_finished, 
 @pytest.mark.parametrize("bad", [
     ["--dev-src", "missing.ja", "--dev-tgt", "missing.en"],
     ["--dev-src", "missing.ja"],
-    ["--bleu-tokenize", "bogus"],
+    ["--lr-decay", "5"],
     ["--units", "0"],
 ])
 def test_a_failed_train_leaves_the_trained_model_as_it_was(bad, reference, tmp_path):
