@@ -24,6 +24,7 @@ import numpy as np
 from pipeline.vocab import BOS, EOS, PAD
 
 INDEX = "train.json"
+FORMAT = "tfrecord-shards-1"  # recorded by tokenize: a run tokenized in another format is tokenized anew
 SHARD_PAIRS = 100_000
 SHUFFLE_PAIRS = 100_000
 POOL = 100  # batches' worth of pairs sorted by length together

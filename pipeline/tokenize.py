@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator
 import sentencepiece as spm
 
 from pipeline.artifacts import STAGE_COMMAND, Declaration, Run
-from pipeline.corpus import INDEX, EncodedCorpus, ShardWriter
+from pipeline.corpus import FORMAT, INDEX, EncodedCorpus, ShardWriter
 from pipeline.config import TokenizeConfig, default_character_coverage
 from pipeline.data import batched, corpus_inputs, normalise_space, read_corpus
 from pipeline.errors import InputError, PipelineError, StageError, first_line
@@ -60,8 +60,8 @@ def declare(config: TokenizeConfig, src: str | None, tgt: str | None, tsv: str |
     """The stage's settings and inputs, as its manifest records them (see `Declaration`): the
     languages too (they choose the character coverage), and the TSV columns when it reads one."""
     columns = {"src": tsv_src_col, "tgt": tsv_tgt_col} if tsv else None
-    return Declaration({**asdict(config), "languages": {"src": src_lang, "tgt": tgt_lang}, "tsv_columns": columns},
-                       corpus_inputs(src, tgt, tsv))
+    return Declaration({**asdict(config), "languages": {"src": src_lang, "tgt": tgt_lang}, "tsv_columns": columns,
+                        "format": FORMAT}, corpus_inputs(src, tgt, tsv))
 
 
 def _tokenize_into(out: Path, pairs: Iterable[tuple[str, str]], config: TokenizeConfig,
@@ -222,6 +222,10 @@ def load_tokenizers(run: Run, needed_by: str) -> tuple[dict[str, spm.SentencePie
 def load_encoded(run: Run, needed_by: str) -> EncodedCorpus:
     """The encoded training pairs (`pipeline.corpus.EncodedCorpus`), after checking that every
     shard is intact: a shard changed since tokenize wrote it is refused here, not mid-training."""
+    if run.has(STAGE) and "train.npz" in run.manifest(STAGE)["outputs"]:
+        raise StageError(f"{run.stage_dir(STAGE)} holds the pairs as train.npz, which this version no longer "
+                         "reads (it streams TFRecord shards)",
+                         hint=f"rerun `{STAGE_COMMAND[STAGE]} --run {run.root}` (or `pipeline`, which does)")
     run.verify(STAGE, [INDEX], needed_by=needed_by)
     directory = run.stage_dir(STAGE)
     rerun = f"rerun `{STAGE_COMMAND[STAGE]} --run {run.root}`"

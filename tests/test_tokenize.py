@@ -86,3 +86,23 @@ def test_the_same_data_gives_the_same_tokenizer_bytes_in_any_run_directory(tmp_p
     for side in ("src", "tgt"):
         a, b = (run.path("tokenize", f"spm.{side}.model").read_bytes() for run in runs)
         assert a == b and str(tmp_path).encode() not in a  # no path of the run is recorded inside
+
+
+def test_a_run_tokenized_by_an_older_version_is_told_to_tokenize_again(toy_corpus, tmp_path):
+    import json
+
+    from pipeline.errors import StageError
+    from pipeline.tokenize import declare
+
+    run = Run.at(tmp_path / "run")
+    tokenize(run, TokenizeConfig(vocab_size=60), src=str(toy_corpus["train_src"]), tgt=str(toy_corpus["train_tgt"]))
+    path = run.stage_dir("tokenize") / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["outputs"] = {"train.npz": "0" * 64, **{k: v for k, v in manifest["outputs"].items() if "train" not in k}}
+    del manifest["config"]["format"]  # as versions before the shards recorded it
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(StageError, match="holds the pairs as train.npz") as error:
+        load_encoded(run, "train")
+    assert error.value.hint.startswith(f"rerun `python cli.py tokenize --run {run.root}`")
+    declared = declare(TokenizeConfig(vocab_size=60), None, None, None, 1, 0, "src", "tgt")
+    assert declared.settings["format"] != manifest["config"].get("format")  # so `pipeline` tokenizes anew
