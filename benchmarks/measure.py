@@ -70,7 +70,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
     from pipeline.artifacts import Run
     from pipeline.config import ModelConfig, TrainConfig
-    from pipeline.corpus import batches as corpus_batches, epoch_seed
+    from pipeline.corpus import POOL, batches as corpus_batches, epoch_seed
     from pipeline.distribute import Loop
     from pipeline.model import build_model
     from pipeline.tokenize import load_encoded, load_tokenizers
@@ -89,7 +89,8 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
     def batches(epoch=0, min_rows=1):
         seed = epoch_seed(config.seed, epoch)
-        return (corpus_batches(corpus.dataset(seed=seed), config.batch_size, config.max_len, seed, min_rows)
+        return (corpus_batches(corpus.pools(POOL * config.batch_size, seed=seed), config.batch_size, config.max_len,
+                               seed, min_rows)
                 .repeat().take(warmup + steps))
 
     class StepClock(keras.callbacks.Callback):

@@ -93,9 +93,11 @@ class EncodedCorpus:
     def tokens(self, side: str) -> int:
         return sum(shard[f"{side}_tokens"] for shard in self.shards)
 
-    def dataset(self, seed: int | None = None, first: int = 0, end: int | None = None):
-        """The pairs numbered first..end-1 as {"src", "tgt", "n"} int32 tensors: in corpus order,
-        or, with a `seed`, shuffled (shard order, interleaving, then a buffer of pairs)."""
+    def pools(self, size: int, seed: int | None = None, first: int = 0, end: int | None = None):
+        """The pairs numbered first..end-1, parsed in pools of up to `size` pairs: {"src", "tgt"}
+        int32 ragged tensors, one row per pair. In corpus order, or, with a `seed`, shuffled: the
+        shards' order, their records interleaved, then a buffer of SHUFFLE_PAIRS records. Records
+        are parsed a pool at a time, which costs a fraction of parsing them one by one."""
         import tensorflow as tf
 
         end = self.pairs if end is None else end
@@ -111,10 +113,9 @@ class EncodedCorpus:
                        .interleave(tf.data.TFRecordDataset, cycle_length=parallel, num_parallel_calls=parallel,
                                    deterministic=True)
                        .shuffle(SHUFFLE_PAIRS, seed=seed + 1))
-        pairs = records.map(_parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if first > 0 or end < self.pairs:
-            pairs = pairs.filter(lambda p: (p["n"] >= first) & (p["n"] < end))
-        return pairs
+        pools = records.batch(size).map(lambda pool: _parse(pool, first, end), num_parallel_calls=tf.data.AUTOTUNE,
+                                         deterministic=True)
+        return pools.filter(lambda pool: pool["src"].nrows() > 0)  # pools wholly outside first..end-1
 
     def unreadable_shard(self) -> Path | None:
         """The first shard whose records cannot all be read, if any."""
@@ -131,23 +132,29 @@ class EncodedCorpus:
 
     def read(self, first: int = 0, end: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(src, tgt) id arrays of the pairs first..end-1, in corpus order."""
-        for pair in self.dataset(first=first, end=end).as_numpy_iterator():
-            yield pair["src"], pair["tgt"]
+        for src, tgt in self.chunks(("src", "tgt"), 4096, first, end):
+            yield from zip(np.split(src[0], np.cumsum(src[1])[:-1]), np.split(tgt[0], np.cumsum(tgt[1])[:-1]))
 
-    def chunks(self, side: str, sentences: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One side's sentences, in corpus order, as ragged chunks: (flat ids, lengths) arrays of
-        about `sentences` sentences each."""
-        ids = self.dataset().map(lambda p: p[side]).ragged_batch(sentences)
-        yield from ids.map(lambda chunk: (chunk.flat_values, chunk.row_lengths())).prefetch(2).as_numpy_iterator()
+    def chunks(self, sides, sentences: int, first: int = 0, end: int | None = None) -> Iterator:
+        """One side's sentences (`sides` a side's name), or a tuple of sides', in corpus order, in
+        chunks of up to `sentences` sentences: (flat ids, lengths) arrays per side."""
+        def flat(pool):
+            if isinstance(sides, str):
+                return pool[sides].flat_values, pool[sides].row_lengths()
+            return tuple((pool[side].flat_values, pool[side].row_lengths()) for side in sides)
+
+        yield from self.pools(sentences, first=first, end=end).map(flat).prefetch(2).as_numpy_iterator()
 
 
-def _parse(record):
+def _parse(records, first: int, end: int) -> dict:
+    """A pool of serialized records -> {"src", "tgt"} int32 ragged rows of the pairs first..end-1."""
     import tensorflow as tf
 
     spec = {"src": tf.io.RaggedFeature(tf.int64), "tgt": tf.io.RaggedFeature(tf.int64),
             "n": tf.io.FixedLenFeature([], tf.int64)}
-    example = tf.io.parse_single_example(record, spec)
-    return {"src": tf.cast(example["src"], tf.int32), "tgt": tf.cast(example["tgt"], tf.int32), "n": example["n"]}
+    example = tf.io.parse_example(records, spec)
+    keep = (example["n"] >= first) & (example["n"] < end)
+    return {side: tf.ragged.boolean_mask(tf.cast(example[side], tf.int32), keep) for side in ("src", "tgt")}
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -155,25 +162,24 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] % (2**31 - 4))
 
 
-def batches(pairs, batch_size: int, max_len: int, seed: int | None = None, min_rows: int = 1):
-    """Batches ((src, tgt_in), tgt_out) of `pairs` ({"src", "tgt"} id tensors) for teacher forcing.
+def batches(pools, batch_size: int, max_len: int, seed: int | None = None, min_rows: int = 1):
+    """Batches ((src, tgt_in), tgt_out) for teacher forcing from `pools` of pairs ({"src", "tgt"}
+    ragged id rows; `EncodedCorpus.pools(POOL * batch_size)`, or `pool_of`).
 
     src gets </s> appended; tgt_in = <s> y, tgt_out = y </s>, padded with PAD. Pairs with an empty
-    side or a side of `max_len` pieces or more are skipped. Each pool of POOL * batch_size pairs
-    is sorted by target then source length and cut into batches, so nearly every target row of a
-    batch has the batch's length; with a `seed` the batches are then shuffled. Batches of fewer
-    than `min_rows` rows (one for each replica) are dropped.
+    side or a side of `max_len` pieces or more are skipped. Each pool is sorted by target then
+    source length and cut into batches, so nearly every target row of a batch has the batch's
+    length; with a `seed` the batches are then shuffled. Batches of fewer than `min_rows` rows
+    (one for each replica) are dropped.
     """
     import tensorflow as tf
 
-    def fits(p):
-        s, t = tf.size(p["src"]), tf.size(p["tgt"])
-        return (s > 0) & (s < max_len) & (t > 0) & (t < max_len)
-
     def cut(pool):
         s_len, t_len = pool["src"].row_lengths(), pool["tgt"].row_lengths()
-        order = tf.argsort(t_len * (max_len + 1) + s_len, stable=True)
-        sorted_pool = (tf.gather(pool["src"], order), tf.gather(pool["tgt"], order))
+        fits = (s_len > 0) & (s_len < max_len) & (t_len > 0) & (t_len < max_len)
+        src, tgt = tf.ragged.boolean_mask(pool["src"], fits), tf.ragged.boolean_mask(pool["tgt"], fits)
+        order = tf.argsort(tf.boolean_mask(t_len * (max_len + 1) + s_len, fits), stable=True)
+        sorted_pool = (tf.gather(src, order), tf.gather(tgt, order))
         return tf.data.Dataset.from_tensor_slices(sorted_pool).ragged_batch(batch_size)
 
     def teacher_forcing(src, tgt):
@@ -182,9 +188,7 @@ def batches(pairs, batch_size: int, max_len: int, seed: int | None = None, min_r
         src = tf.concat([src, eos], axis=1).to_tensor(PAD)
         return (src, tf.concat([bos, tgt], axis=1).to_tensor(PAD)), tf.concat([tgt, eos], axis=1).to_tensor(PAD)
 
-    out = (pairs.filter(fits).map(lambda p: {"src": p["src"], "tgt": p["tgt"]})
-           .ragged_batch(POOL * batch_size).flat_map(cut)
-           .map(teacher_forcing, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    out = pools.flat_map(cut).map(teacher_forcing, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if min_rows > 1:
         out = out.filter(lambda inputs, target: tf.shape(target)[0] >= min_rows)
     if seed is not None:
@@ -192,10 +196,10 @@ def batches(pairs, batch_size: int, max_len: int, seed: int | None = None, min_r
     return out.prefetch(tf.data.AUTOTUNE)
 
 
-def pairs_from_lists(src: list, tgt: list):
-    """A dataset of {"src", "tgt"} pairs from id lists in memory (a dev set, a test's corpus)."""
+def pool_of(src: list, tgt: list):
+    """A dataset of one pool of pairs from id lists in memory (a dev set, a test's corpus)."""
     import tensorflow as tf
 
     ragged = {"src": tf.ragged.constant([list(map(int, x)) for x in src], dtype=tf.int32, ragged_rank=1),
               "tgt": tf.ragged.constant([list(map(int, y)) for y in tgt], dtype=tf.int32, ragged_rank=1)}
-    return tf.data.Dataset.from_tensor_slices(ragged)
+    return tf.data.Dataset.from_tensors(ragged)

@@ -29,7 +29,7 @@ from pipeline.artifacts import Declaration, Run, atomic_path, sha256, write_json
 from pipeline.average import try_average
 from pipeline.checkpoints import BEST, CHECKPOINTS, Backup, epoch_checkpoints, save_for_inference
 from pipeline.config import EvaluateConfig, ModelConfig, TrainConfig
-from pipeline.corpus import EncodedCorpus, batches, epoch_seed, pairs_from_lists
+from pipeline.corpus import POOL, EncodedCorpus, batches, epoch_seed, pool_of
 from pipeline.data import read_parallel
 from pipeline.errors import InputError, StageError
 from pipeline.evaluate import DevSet
@@ -375,12 +375,11 @@ class TrainingData:
     def batches(self, epoch: int, config: TrainConfig, min_rows: int = 1):
         """Epoch `epoch`'s global batches: the same for the same seed and epoch, wherever they are made."""
         seed = epoch_seed(config.seed, epoch)
-        return batches(self.corpus.dataset(seed=seed, end=self.pairs), config.batch_size, config.max_len, seed,
-                       min_rows)
+        pools = self.corpus.pools(POOL * config.batch_size, seed=seed, end=self.pairs)
+        return batches(pools, config.batch_size, config.max_len, seed, min_rows)
 
     def dev_batches(self, config: TrainConfig):
-        return batches(pairs_from_lists(self.dev.ids["src"], self.dev.ids["tgt"]), config.batch_size,
-                       config.max_len)
+        return batches(pool_of(self.dev.ids["src"], self.dev.ids["tgt"]), config.batch_size, config.max_len)
 
     def batches_per_epoch(self, batch_size: int) -> int:
         """About how many batches an epoch has (pairs too long are skipped, pools cut apart)."""

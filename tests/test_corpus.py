@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.corpus import EncodedCorpus, ShardWriter, batches, epoch_seed, pairs_from_lists
+from pipeline.corpus import POOL, EncodedCorpus, ShardWriter, batches, epoch_seed, pool_of
 from pipeline.vocab import BOS, EOS, PAD
 
 
@@ -41,7 +41,8 @@ def test_shards_hold_every_pair_in_order_and_the_index_counts_them(tmp_path):
 
 def _epoch(corpus, epoch, batch_size=16, end=None, min_rows=1):
     seed = epoch_seed(7, epoch)
-    return list(batches(corpus.dataset(seed=seed, end=end), batch_size, 80, seed, min_rows).as_numpy_iterator())
+    pools = corpus.pools(POOL * batch_size, seed=seed, end=end)
+    return list(batches(pools, batch_size, 80, seed, min_rows).as_numpy_iterator())
 
 
 def _rows(epoch_batches) -> list[tuple]:
@@ -80,7 +81,7 @@ def test_batches_are_bucketed_and_shifted_for_teacher_forcing(tmp_path):
 
 
 def test_long_and_empty_pairs_are_skipped_and_small_batches_dropped_for_replicas():
-    pairs = pairs_from_lists([[4] * 3, [4] * 80, [5] * 2, [6]], [[7], [7], [], [8] * 5])
+    pairs = pool_of([[4] * 3, [4] * 80, [5] * 2, [6]], [[7], [7], [], [8] * 5])
     kept = list(batches(pairs, 16, 80).as_numpy_iterator())
     assert [b[1].shape[0] for b in kept] == [2]  # the 80-piece and the empty side are skipped
     assert list(batches(pairs, 16, 80, min_rows=3).as_numpy_iterator()) == []

@@ -92,7 +92,7 @@ def test_interval_rates_skip_the_warmup_and_a_last_short_interval():
 
 
 def test_token_counts_replay_the_batches_the_loop_sees(tmp_path):
-    from pipeline.corpus import EncodedCorpus, ShardWriter, batches as corpus_batches
+    from pipeline.corpus import POOL, EncodedCorpus, ShardWriter, batches as corpus_batches
 
     rng = np.random.default_rng(0)
     writer = ShardWriter(tmp_path)
@@ -103,14 +103,14 @@ def test_token_counts_replay_the_batches_the_loop_sees(tmp_path):
     corpus = EncodedCorpus(tmp_path)
 
     def batches():  # as benchmarks/measure.py makes them: seeded, repeated past the first epoch
-        return corpus_batches(corpus.dataset(seed=3), 16, 80, seed=3).repeat()
+        return corpus_batches(corpus.pools(16 * POOL, seed=3), 16, 80, seed=3).repeat()
 
     first = [y for _, y in batches().take(20).as_numpy_iterator()]
     second = [y for _, y in batches().take(20).as_numpy_iterator()]
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     counts = batch_tokens(batches(), 20)
     assert counts == [int((y != PAD).sum()) for y in first]
-    epoch = len(list(corpus_batches(corpus.dataset(seed=3), 16, 80, seed=3)))
+    epoch = len(list(corpus_batches(corpus.pools(16 * POOL, seed=3), 16, 80, seed=3)))
     assert sum(counts[:epoch]) == sum(len(t) + 1 for t in tgt)  # every target piece and its </s>, once
 
 
