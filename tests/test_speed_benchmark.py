@@ -17,7 +17,7 @@ from tests.conftest import ROOT, toy_pairs, write_corpus
 SCRIPT = ROOT / "benchmarks" / "speed.py"
 
 
-def speed(*args, timeout: int = 300) -> subprocess.CompletedProcess:
+def speed(*args, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
