@@ -128,6 +128,7 @@ def _checkout(commit: str, workdir: Path) -> Path:
     """A worktree of `commit` in the scratch folder (git's own, removed with the folder)."""
     folder = workdir / "baseline-checkout"
     if not folder.is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)  # an earlier scratch folder's
         done = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), commit],
                               capture_output=True, text=True)
         if done.returncode != 0:

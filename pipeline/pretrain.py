@@ -36,6 +36,9 @@ STAGE = "pretrain"
 FIRST_WORD = word2vec.FIRST_WORD  # ids below are pad, unk, bos, eos
 ENCODE_BATCH = 4096  # lines of extra text encoded per SentencePiece call
 CHUNK_SENTENCES = 1 << 16  # sentences of the corpus read and subsampled at a time
+# A side of at most this many pieces (64 MiB of ids) is read from the shards once and kept; a
+# larger one streams from them each epoch, in memory that does not grow with it.
+KEPT_TOKENS = 1 << 24
 # The report shows the nearest neighbours of the pieces at these frequency ranks: frequent, but
 # past the few function pieces at the very top, whose neighbours say little about the vectors.
 SHOW_RANKS = (10, 20, 40, 80, 160)
@@ -145,7 +148,8 @@ def nearest_neighbours(vectors: np.ndarray, counts: np.ndarray, sp: spm.Sentence
 def _read_corpora(encoded: EncodedCorpus, processors: dict[str, spm.SentencePieceProcessor],
                   extra_paths: dict[str, str | None]) -> dict[str, tuple[Callable, Any]]:
     """Each side's chunks of sentences (see `word2vec.SkipGramBatches`): the training pairs'
-    side, streamed from the shards, then any extra text, encoded here once."""
+    side, from the shards (kept in memory up to KEPT_TOKENS, streamed beyond), then any extra
+    text, encoded here once."""
     corpora = {}
     for side in SIDES:
         extra, extra_chunks = None, None
@@ -157,8 +161,14 @@ def _read_corpora(encoded: EncodedCorpus, processors: dict[str, spm.SentencePiec
             extra = {"path": str(extra_paths[side]), "sentences": len(lengths), "tokens": len(more_ids)}
             extra_chunks = word2vec.in_memory(more_ids, np.concatenate([[0], np.cumsum(lengths)]))
 
-        def chunks(side=side, extra_chunks=extra_chunks):
-            yield from encoded.chunks(side, CHUNK_SENTENCES)
+        if encoded.tokens(side) <= KEPT_TOKENS:  # read once, not again each epoch
+            kept = list(encoded.chunks(side, CHUNK_SENTENCES))
+            corpus_chunks = lambda kept=kept: iter(kept)  # noqa: E731
+        else:
+            corpus_chunks = lambda side=side: encoded.chunks(side, CHUNK_SENTENCES)  # noqa: E731
+
+        def chunks(corpus_chunks=corpus_chunks, extra_chunks=extra_chunks):
+            yield from corpus_chunks()
             if extra_chunks is not None:
                 yield from extra_chunks()
 
