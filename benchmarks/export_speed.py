@@ -37,7 +37,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's mo
 
 import typer  # noqa: E402
 
-from benchmarks.bench import DOWNLOAD_HINT, BenchmarkError  # noqa: E402
+from benchmarks.bench import DOWNLOAD_HINT, command  # noqa: E402
+from pipeline.errors import ConfigError, InputError, PipelineError  # noqa: E402
 from pipeline.config import DecodeConfig  # noqa: E402
 
 log = logging.getLogger("benchmarks")
@@ -127,12 +128,12 @@ def measure(run: Path, source: Path, beam: int, batch_size: int, repeats: int, w
 
 def _child(argv: list, what: str, cwd: Path = ROOT, shown: str | None = None) -> str:
     """Run argv (stderr passes through; TensorFlow's C++ start-up lines off, as cli.py has them);
-    its stdout, or BenchmarkError if it fails."""
+    its stdout, or PipelineError if it fails."""
     log.info("%s: %s", what, shown or " ".join(str(a) for a in argv[1:]))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        raise BenchmarkError(f"{what} failed with exit code {proc.returncode} (its log is above)")
+        raise PipelineError(f"{what} failed with exit code {proc.returncode} (its log is above)")
     return proc.stdout
 
 
@@ -146,7 +147,6 @@ def main(
     workdir: Optional[Path] = typer.Option(None, help="Scratch folder, kept afterwards (default: a temporary one)."),
 ):
     """Sentences/s of the exported SavedModel beside `python cli.py translate`, greedy and beam."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
     run_path, source = (run or DEFAULT_RUN).resolve(), (input or DEFAULT_INPUT).resolve()
     if run is None and not (run_path / "train" / "manifest.json").is_file():
         typer.echo(f"skipped: no trained run at {run_path}; train one (`python cli.py pipeline --config "
@@ -155,22 +155,16 @@ def main(
     if input is None and not source.is_file():
         typer.echo(f"skipped: no test set at {source} ({DOWNLOAD_HINT}), or pass --input", err=True)
         return
-    try:
-        if beam < 2 or batch_size < 1 or repeats < 1:
-            raise BenchmarkError("--beam must be >= 2, --batch-size and --repeats >= 1")
-        if not source.is_file():
-            raise BenchmarkError(f"no such file: {source}")
-        with tempfile.TemporaryDirectory(prefix="export_speed.") as scratch:
-            folder = workdir.resolve() if workdir else Path(scratch)
-            folder.mkdir(parents=True, exist_ok=True)
-            result = measure(run_path, source, beam, batch_size, repeats, folder)
-    except BenchmarkError as e:
-        typer.echo(f"error: {e.message}", err=True)
-        if e.hint:
-            typer.echo(f"hint: {e.hint}", err=True)
-        raise typer.Exit(1)
+    if beam < 2 or batch_size < 1 or repeats < 1:
+        raise ConfigError("--beam must be >= 2, --batch-size and --repeats >= 1")
+    if not source.is_file():
+        raise InputError(f"no such file: {source}")
+    with tempfile.TemporaryDirectory(prefix="export_speed.") as scratch:
+        folder = workdir.resolve() if workdir else Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        result = measure(run_path, source, beam, batch_size, repeats, folder)
     typer.echo(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    typer.run(main)
+    command(main)

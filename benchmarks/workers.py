@@ -26,10 +26,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import typer
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's modules come from ROOT
+    sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import DOWNLOAD_HINT, ROOT, SRC, TGT, child, child_env, command, json_option, log, table
-from pipeline.errors import InputError, PipelineError
+import typer  # noqa: E402
+
+from benchmarks.bench import DOWNLOAD_HINT, SRC, TGT, child, child_env, command, json_option, log, table  # noqa: E402
+from pipeline.errors import InputError, PipelineError  # noqa: E402
 
 
 def _ports(n: int) -> list[int]:
