@@ -40,6 +40,7 @@ app = typer.Typer(
 )
 _state = {"verbose": False}
 
+OutputFormat = enum.Enum("OutputFormat", [("text", "text"), ("jsonl", "jsonl")], type=str)  # a real choice
 RunOpt = typer.Option(..., "--run", metavar="DIR", help="Run directory, e.g. saved_models/NAME.")
 RunsOpt = typer.Option(..., "--run", metavar="DIR", help="Run directory; repeat it to ensemble several runs' models.")
 
@@ -288,7 +289,7 @@ def translate(
     output: Path = typer.Option(Path("-"), "--output", "-o", help="Where translations go; - for stdout."),
     greedy: bool = GreedyOpt,
     sample: bool = SampleOpt,
-    format: str = typer.Option("text", "--format", help="text, or jsonl (translation, score, ...)."),
+    format: OutputFormat = typer.Option("text", "--format", help="text, or jsonl (translation, score, ...)."),
     attention: bool = typer.Option(False, help="With --format jsonl: include attention weights."),
     shard: Optional[str] = typer.Option(None, help="K/N: translate only the K-th of N equal blocks of --input's "
                                                    "lines; the N outputs, concatenated, are the whole output."),
@@ -302,9 +303,7 @@ def translate(
     from pipeline.translate import CHUNK, Translator
 
     def go():
-        if format not in ("text", "jsonl"):
-            raise ConfigError(f"--format must be text or jsonl; got {format!r}")
-        if (attention or decode.n_best > 1) and format != "jsonl":
+        if (attention or decode.n_best > 1) and format.value != "jsonl":
             raise ConfigError("--attention and --n-best need --format jsonl")
         if str(output) != "-" and output.is_dir():  # found out now, not after translating everything
             raise ConfigError(f"--output {output} is a directory; give a file name")
@@ -320,7 +319,7 @@ def translate(
                             total=len(lines), unit="sent")
 
         def render(h):
-            if format == "text":
+            if format.value == "text":
                 return h.text
             return json.dumps(h.to_json(nbest=config.n_best > 1, attention=attention), ensure_ascii=False)
 
@@ -373,25 +372,22 @@ def score(
     run: list[str] = RunsOpt,
     src: Path = typer.Option(..., help="Source sentences, one a line."),
     tgt: Path = typer.Option(..., help="Target sentences to score, line-aligned with --src."),
-    format: str = typer.Option("text", "--format",
-                               help="text: one log-probability a line; jsonl: with per-piece scores."),
+    format: OutputFormat = typer.Option("text", "--format",
+                                        help="text: one log-probability a line; jsonl: with per-piece scores."),
     *, decode: DecodeConfig,
 ):
     """Log-probability of each target sentence given its source under the model (or ensemble)."""
     from pipeline.data import read_parallel
-    from pipeline.errors import ConfigError
     from pipeline.progress import progress
     from pipeline.score import Scorer
 
     def go():
-        if format not in ("text", "jsonl"):
-            raise ConfigError(f"--format must be text or jsonl; got {format!r}")
         decode.validate()
         scorer = Scorer.load([_run(r) for r in run])
         pairs = list(read_parallel(src, tgt))  # a bad file fails before any output
         scores = scorer.score(pairs, batch_size=decode.batch_size, max_tokens=decode.max_input_tokens)
         for result in progress(scores, "scoring", total=len(pairs), unit="pair"):
-            line = (f"{result.log_prob:.4f}" if format == "text"
+            line = (f"{result.log_prob:.4f}" if format.value == "text"
                     else json.dumps(result.to_json(), ensure_ascii=False))
             sys.stdout.write(line + "\n")
         sys.stdout.flush()

@@ -170,3 +170,8 @@ def test_translate_is_a_live_filter_answering_each_line_before_the_next_is_sent(
         proc.stdin.close()
         proc.wait(timeout=60)
     assert proc.returncode == 0
+
+
+def test_format_is_a_choice_too(tmp_path):
+    proc = cli("translate", "--run", tmp_path / "r", "--format", "xml", check=False)
+    assert proc.returncode == 2 and "'xml' is not one of 'text', 'jsonl'" in proc.stderr
