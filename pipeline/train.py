@@ -4,9 +4,9 @@ Per epoch: masked, label-smoothed cross-entropy normalised by real target tokens
 gradient clipping; validation loss and greedy dev BLEU; the best model by dev BLEU saved to
 `RUN/train/model.keras`; the learning rate lowered when dev BLEU stalls, training stopped when it
 stops improving; a CSV history. The pairs stream from the tokenize stage's shards
-(`pipeline.corpus`), never held in memory. Each epoch ends with a backup from which an interrupted training
-resumes exactly (`EpochBackup`); the stage is written in the run's staging area and swapped in
-when it has finished (`Run.writing`).
+(`pipeline.corpus`), never held in memory. Each epoch ends with a backup from which an
+interrupted training resumes exactly (`EpochBackup`); the stage is written in the run's staging
+area and swapped in when it has finished (`Run.writing`).
 """
 
 from __future__ import annotations
