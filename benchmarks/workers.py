@@ -18,7 +18,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,17 +32,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: the project's mo
 import typer  # noqa: E402
 
 from benchmarks.bench import DOWNLOAD_HINT, SRC, TGT, child, child_env, command, json_option, log, table  # noqa: E402
+from pipeline.distribute import loopback_hosts  # noqa: E402
 from pipeline.errors import InputError, PipelineError  # noqa: E402
-
-
-def _ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def _tok_per_s(run: Path) -> float:
@@ -53,7 +43,7 @@ def _tok_per_s(run: Path) -> float:
 
 def _cluster(runs: list[Path], args: list[str], threads: int) -> list[dict]:
     """`train` on each run, as the workers of one cluster; their reports."""
-    hosts = [f"127.0.0.1:{port}" for port in _ports(len(runs))]
+    hosts = loopback_hosts(len(runs))
     procs = []
     for index, run in enumerate(runs):
         env = {**child_env(threads), "TF_CONFIG": json.dumps({"cluster": {"worker": hosts},

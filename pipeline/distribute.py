@@ -82,6 +82,20 @@ def is_chief(strat: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster()
 
 
+def loopback_hosts(n: int) -> list[str]:
+    """`127.0.0.1:PORT` for n ports free now: a cluster of n workers on this machine (the tests'
+    and benchmarks/workers.py's)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    hosts = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    return hosts
+
+
 def task(strat: tf.distribute.Strategy) -> str:
     """This process's task in its cluster, e.g. `worker 1` (`one` outside a cluster)."""
     resolver = getattr(strat, "cluster_resolver", None)

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.distribute import loopback_hosts
 from tests.conftest import ROOT, TINY_MODEL
 
 TRAIN = ["--epochs", "2", "--batch-size", "32", "--patience", "10", "--no-pretrained", "--average-checkpoints", "0",
@@ -37,18 +37,8 @@ def _cli(args: list[str], env: dict | None = None, **kwargs) -> subprocess.Compl
                           env={**os.environ, **(env or {})}, check=kwargs.pop("check", True), **kwargs)
 
 
-def _ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _workers(runs: list[Path], dev: list[str], kill_at: dict[int, str] | None = None) -> list[subprocess.Popen]:
-    hosts = [f"127.0.0.1:{p}" for p in _ports(len(runs))]
+    hosts = loopback_hosts(len(runs))
     procs = []
     for index, run in enumerate(runs):
         env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
