@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import tomllib
 
 import keras
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import pipeline.model  # noqa: F401 (registers Seq2Seq, the class model.keras names)
 from pipeline.artifacts import Declaration, Run
 from pipeline.config import ConfigError, load_pipeline_config
-from tests.conftest import cli_in_process
+from tests.conftest import ROOT, cli_in_process
 from tests.test_cli import cli
 from tests.test_reliability import cli as cli_killed
 
@@ -96,8 +97,6 @@ def test_unknown_config_key_names_the_valid_ones(tmp_path):
 
 
 def test_shipped_config_is_valid():
-    from tests.conftest import ROOT
-
     config = load_pipeline_config(ROOT / "configs" / "enja.toml")
     assert config.evaluate.tokenize == "none" and config.data.src.endswith("train.ja")
 
@@ -159,3 +158,45 @@ beam = 1
                                                   "evaluate": "ran"}
     assert statuses("--pretrain.epochs", "2", "--decode.length_penalty", "0.5") == {
         "tokenize": "skipped", "pretrain": "skipped", "train": "skipped", "evaluate": "ran"}
+
+
+TINY = ["--tokenize.vocab_size", "60", "--pretrain.dim", "16", "--pretrain.epochs", "1", "--model.embed_dim", "16",
+        "--model.units", "16", "--model.attention_units", "16", "--train.epochs", "1", "--train.batch_size", "64",
+        "--decode.beam", "1"]
+
+
+@pytest.mark.parametrize("shipped", sorted((ROOT / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_skipped_when_rerun_and_reruns_just_what_a_change_touches(tmp_path, toy_corpus,
+                                                                                          shipped):
+    """Each shipped config as it is (its sections, keys and values), its corpus files swapped for
+    the toy corpus's by language and role, and tiny sizes given as overrides."""
+    from benchmarks.quality import to_toml
+    from pipeline.runner import run_pipeline
+
+    config = tomllib.loads(shipped.read_text(encoding="utf-8"))
+    config["run"] = str(tmp_path / "run")
+    data = config["data"]
+    for key, value in data.items():
+        if key in ("src", "tgt", "dev_src", "dev_tgt", "test_src", "test_tgt"):
+            role = "train" if key in ("src", "tgt") else key.split("_")[0]
+            role = "dev" if role == "test" else role  # the toy corpus's dev set is its test set too
+            data[key] = str(toy_corpus[f"{role}_{'src' if value.endswith('.ja') else 'tgt'}"])
+    if "tsv" in data:  # English<TAB>Japanese, as the shipped TSV config's columns say
+        pairs = zip(toy_corpus["train_tgt"].read_text(encoding="utf-8").splitlines(),
+                    toy_corpus["train_src"].read_text(encoding="utf-8").splitlines())
+        data["tsv"] = str(tmp_path / "pairs.tsv")
+        (tmp_path / "pairs.tsv").write_text("".join(f"{en}\t{ja}\n" for en, ja in pairs), encoding="utf-8")
+    path = tmp_path / shipped.name
+    path.write_text(to_toml(config), encoding="utf-8")
+    tiny = TINY + (["--split.dev", "40", "--split.test", "40"] if "split" in config else [])
+
+    def statuses(*overrides):
+        summary = run_pipeline(load_pipeline_config(path, [*tiny, *overrides]))
+        return {name: stage["status"] for name, stage in summary["stages"].items()}
+
+    first = statuses()
+    assert set(first.values()) == {"ran"} and list(first)[-1] == "evaluate"
+    assert set(statuses().values()) == {"skipped"}
+    assert statuses("--train.epochs", "2") == {**{name: "skipped" for name in first}, "train": "ran",
+                                               "evaluate": "ran"}
+
