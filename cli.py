@@ -343,7 +343,8 @@ def evaluate(
     ctx: typer.Context,
     run: list[str] = RunsOpt,
     src: Path = typer.Option(..., help="Test source text."),
-    ref: Path = typer.Option(..., help="Reference translations, line-aligned with --src."),
+    ref: list[Path] = typer.Option(..., help="Reference translations, line-aligned with --src; --ref again for "
+                                             "more references of the same lines (an empty line: none there)."),
     greedy: bool = GreedyOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the whole report (with hypotheses) as JSON."),
     *, decode: DecodeConfig, config: EvaluateConfig,
@@ -356,14 +357,14 @@ def evaluate(
         chosen = config
         if ctx.get_parameter_source("tokenize").name == "DEFAULT":  # as the run's dev BLEU was computed
             chosen = dataclasses.replace(config, tokenize=tokenization_of(runs[0], config.tokenize))
-        return stage(runs, str(src), str(ref), _strategy(ctx, decode, greedy, False), chosen)
+        return stage(runs, str(src), [str(r) for r in ref], _strategy(ctx, decode, greedy, False), chosen)
 
     report = _guard(go)
     if as_json:
         _print_json(report)
     else:
         typer.echo(f"BLEU {report['bleu']:.2f} (nltk)  {report['sacrebleu']:.2f} (sacreBLEU {report['signature']})"
-                   f"  chrF {report['chrf']:.2f}")
+                   f"  chrF {report['chrf']:.2f}  ({report['sentences']} sentences)")
 
 
 @app.command()

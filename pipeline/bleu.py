@@ -23,7 +23,11 @@ How the two BLEUs differ, and when:
   the paper does. On corpora whose hypotheses all have at least 4 tokens the two agree to
   rounding (tested to 0.01); a few empty or very short hypotheses pull `bleu` (nltk) below
   `sacrebleu`. The components reported (`precisions`, `counts`, `totals`, ...) are sacreBLEU's.
-- One reference per hypothesis here; the brevity penalty's r is then simply its length.
+- Several references per hypothesis (a source translated more than once): an n-gram's matches
+  are clipped by its largest count in any one reference, and the brevity penalty's r is the
+  reference length closest to the hypothesis's (the shorter on a tie), in both libraries, so they
+  agree on several references as on one. A hypothesis may have fewer references than others
+  (sacreBLEU's `None` padding); its signature then says `nrefs:var`.
 
 chrF (sacreBLEU's defaults: character 6-grams, beta 2) reads the raw strings; `tokenize` does not
 apply to it.
@@ -34,7 +38,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from nltk.translate.bleu_score import corpus_bleu
 from sacrebleu.metrics import BLEU, CHRF
@@ -50,28 +54,34 @@ TOKENIZERS = tuple(BLEU.TOKENIZERS)  # 'none', '13a', 'intl', 'char', 'zh', 'ja-
 MAX_ORDER = 4
 
 
-def score(hypotheses: list[str], references: list[str], tokenize: str = "none") -> dict[str, Any]:
-    """Score line-aligned hypotheses against one reference each; return a JSON-ready report.
+def score(hypotheses: list[str], references: Sequence[str | Sequence[str]], tokenize: str = "none") -> dict[str, Any]:
+    """Score line-aligned hypotheses against their references; return a JSON-ready report.
 
-    `bleu` is nltk's corpus BLEU and `sacrebleu` sacreBLEU's, both 0-100 on the same tokens;
-    `precisions` (0-100, n = 1..4), `counts`, `totals`, `brevity_penalty`, `length_ratio`,
-    `hyp_len` and `ref_len` are the components; `signature` is sacreBLEU's.
+    `references[i]` is hypothesis i's reference, or the list of its references. `bleu` is nltk's
+    corpus BLEU and `sacrebleu` sacreBLEU's, both 0-100 on the same tokens; `precisions` (0-100,
+    n = 1..4), `counts`, `totals`, `brevity_penalty`, `length_ratio`, `hyp_len` and `ref_len` are
+    the components; `signature` is sacreBLEU's; `references` the most references of a hypothesis.
     """
     if len(hypotheses) != len(references):
         raise InputError(f"{len(hypotheses)} hypotheses but {len(references)} references",
-                         hint="each hypothesis needs exactly one reference, line by line")
+                         hint="each hypothesis needs its reference(s), line by line")
     if not hypotheses:
         raise InputError("nothing to score: no hypotheses and no references")
+    per_hypothesis = [[r] if isinstance(r, str) else list(r) for r in references]
+    if not all(per_hypothesis):
+        raise InputError(f"hypothesis {[bool(r) for r in per_hypothesis].index(False) + 1} has no reference")
+    most = max(len(r) for r in per_hypothesis)
+    streams = [[r[k] if k < len(r) else None for r in per_hypothesis] for k in range(most)]  # sacreBLEU's shape
 
     metric = _bleu_metric(tokenize)
-    sacre = metric.corpus_score(hypotheses, [references])
+    sacre = metric.corpus_score(hypotheses, streams)
 
     def tokens(line: str) -> list[str]:
         return metric.tokenizer(line.rstrip()).split()  # what sacreBLEU does before counting
 
-    nltk_bleu = _nltk_bleu([tokens(h) for h in hypotheses], [tokens(r) for r in references])
+    nltk_bleu = _nltk_bleu([tokens(h) for h in hypotheses], [[tokens(r) for r in refs] for refs in per_hypothesis])
     chrf_metric = CHRF()
-    chrf = chrf_metric.corpus_score(hypotheses, [references])
+    chrf = chrf_metric.corpus_score(hypotheses, streams)
 
     missing = [n for n, correct in enumerate(sacre.counts, 1) if correct == 0]
     if missing:
@@ -92,18 +102,35 @@ def score(hypotheses: list[str], references: list[str], tokenize: str = "none") 
         "chrf": chrf.score,
         "chrf_signature": str(chrf_metric.get_signature()),
         "sentences": len(hypotheses),
+        "references": most,
     }
 
 
-def score_files(hypotheses: str | Path, references: str | Path, tokenize: str = "none") -> dict[str, Any]:
-    """`score` for two line-aligned UTF-8 files (`-` reads stdin for one of them)."""
-    hyps, refs = list(read_lines(hypotheses)), list(read_lines(references))
-    if len(hyps) != len(refs):
-        raise InputError(f"{hypotheses} has {len(hyps)} lines but {references} has {len(refs)}",
-                         hint="hypotheses and references must be line-aligned")
-    report = score(hyps, refs, tokenize)
-    report.update(hypotheses=str(hypotheses), references=str(references))
+def score_files(hypotheses: str | Path, references: str | Path | Sequence[str | Path],
+                tokenize: str = "none") -> dict[str, Any]:
+    """`score` for line-aligned UTF-8 files: the hypotheses and one or more reference files (`-`
+    reads stdin for one of them; see `read_references`)."""
+    hyps = list(read_lines(hypotheses))
+    files = [references] if isinstance(references, (str, Path)) else list(references)
+    report = score(hyps, read_references(files, len(hyps), str(hypotheses)), tokenize)
+    report.update(hypotheses=str(hypotheses), reference_files=[str(f) for f in files])
     return report
+
+
+def read_references(files: Sequence[str | Path], lines: int, aligned_with: str) -> list[list[str]]:
+    """Each line's references from one or more files line-aligned with `aligned_with` (of `lines`
+    lines). The first file has a reference on every line; in the others an empty line means none
+    (a sentence with fewer translations than others)."""
+    per_line: list[list[str]] = [[] for _ in range(lines)]
+    for number, path in enumerate(files):
+        refs = list(read_lines(path))
+        if len(refs) != lines:
+            raise InputError(f"{path} has {len(refs)} lines but {aligned_with} has {lines}",
+                             hint="every reference file must be line-aligned with the sentences it scores")
+        for line, ref in zip(per_line, refs):
+            if number == 0 or ref.strip():
+                line.append(ref)
+    return per_line
 
 
 def _bleu_metric(tokenize: str) -> BLEU:
@@ -118,11 +145,12 @@ def _bleu_metric(tokenize: str) -> BLEU:
                           hint="use 13a, intl, char or none, or install what it needs") from None
 
 
-def _nltk_bleu(hypotheses: list[list[str]], references: list[list[str]]) -> float:
-    """nltk's corpus BLEU, uniform weights over n = 1..4, no smoothing."""
+def _nltk_bleu(hypotheses: list[list[str]], references: list[list[list[str]]]) -> float:
+    """nltk's corpus BLEU, uniform weights over n = 1..4, no smoothing; each hypothesis's
+    references as a list."""
     with warnings.catch_warnings():
         # Without smoothing nltk warns when an order has no match; `score` logs that itself.
         warnings.simplefilter("ignore", UserWarning)
-        value = corpus_bleu([[ref] for ref in references], hypotheses,
+        value = corpus_bleu(references, hypotheses,
                             weights=(1 / MAX_ORDER,) * MAX_ORDER)
     return float(value)

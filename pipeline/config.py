@@ -181,6 +181,9 @@ class EvaluateConfig(Section):
     tokenize: str = setting("13a", "BLEU tokenisation (sacreBLEU's): 13a for raw text, none for pre-tokenised "
                                    "data, ...; evaluate's default is the one the run's training used.",
                             choices=BLEU_TOKENIZERS)
+    group_references: bool = setting(False, "Score each distinct source sentence once, against the references of "
+                                            "all its lines (a test set that repeats a source for each of its "
+                                            "translations, as the split stage writes one).")
 
 
 @dataclass(frozen=True)

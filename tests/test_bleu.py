@@ -138,7 +138,49 @@ def test_score_files_names_both_files_on_mismatch(tmp_path):
     hyp, ref = tmp_path / "hyp.txt", tmp_path / "ref.txt"
     hyp.write_text("a b c d\n", encoding="utf-8")
     ref.write_text("a b c d\ne f g h\n", encoding="utf-8")
-    with pytest.raises(InputError, match=r"hyp\.txt has 1 lines but .*ref\.txt has 2"):
+    with pytest.raises(InputError, match=r"ref\.txt has 2 lines but .*hyp\.txt has 1"):
         score_files(hyp, ref)
     ref.write_text("a b c d\n", encoding="utf-8")
     assert score_files(hyp, ref)["sacrebleu"] == pytest.approx(100.0)
+
+
+def test_several_references_agree_between_nltk_and_sacrebleu_and_with_a_hand_count():
+    hyps = ["the cat sat on the mat", "a dog runs in the park", "hello there my friend"]
+    refs = [["the cat is on the mat", "the cat sat on a mat"],
+            ["a dog is running in the park", "the dog runs in a park", "a dog runs through the park"],
+            ["hello my friend"]]  # fewer references than the others: sacreBLEU's None padding
+    report = score(hyps, refs)
+    assert report["bleu"] == pytest.approx(report["sacrebleu"], abs=0.01)
+    assert report["references"] == 3 and "nrefs:var" in report["signature"]
+    # By hand: unigram matches clipped by the most in any one reference; r the closest length.
+    assert report["counts"][0] == 6 + 6 + 3 and report["totals"][0] == 6 + 6 + 4
+    assert report["ref_len"] == 6 + 6 + 3
+    one = score(hyps, [r[0] for r in refs])
+    assert report["sacrebleu"] > one["sacrebleu"]  # more references match more n-grams
+
+
+def test_reference_files_align_and_an_empty_line_means_none(tmp_path):
+    hyp, a, b = tmp_path / "hyp.txt", tmp_path / "a.txt", tmp_path / "b.txt"
+    hyp.write_text("a b c d\ne f g h\n", encoding="utf-8")
+    a.write_text("a b c x\ne f g h\n", encoding="utf-8")
+    b.write_text("a b c d\n\n", encoding="utf-8")
+    report = score_files(hyp, [a, b])
+    assert report["sacrebleu"] == pytest.approx(100.0) and report["references"] == 2
+    assert report["reference_files"] == [str(a), str(b)]
+    b.write_text("a b c d\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"b\.txt has 1 lines but .*hyp\.txt has 2"):
+        score_files(hyp, [a, b])
+
+
+def test_nltk_and_sacrebleu_agree_on_random_corpora_with_one_to_three_references():
+    """Clipping and the closest reference length over many random cases, ties included."""
+    rng = random.Random(1)
+    words = "a b c d e f g h".split()
+
+    def sentence(low, high):
+        return " ".join(rng.choice(words) for _ in range(rng.randint(low, high)))
+
+    hyps = [sentence(4, 9) for _ in range(200)]  # >= 4 tokens: no phantom n-grams in nltk's count
+    refs = [[sentence(3, 10) for _ in range(rng.randint(1, 3))] for _ in hyps]
+    report = score(hyps, refs)
+    assert report["sacrebleu"] > 1 and report["bleu"] == pytest.approx(report["sacrebleu"], abs=1e-9)

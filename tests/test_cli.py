@@ -62,6 +62,33 @@ def test_evaluate_json_report(tiny_run, toy_corpus):
     assert json.loads((tiny_run.root / "evaluate" / "manifest.json").read_text())["stage"] == "evaluate"
 
 
+def test_evaluate_with_several_references_and_with_each_source_grouped(tiny_run, toy_corpus, tmp_path):
+    """A test set as split writes one (each source once per translation) scores as the same
+    sources given once, with their translations in two reference files."""
+    sources = toy_corpus["dev_src"].read_text(encoding="utf-8").splitlines()[:10]
+    refs = toy_corpus["dev_tgt"].read_text(encoding="utf-8").splitlines()[:10]
+    others = [" ".join(reversed(r.split())) for r in refs]  # a second, worse "translation" of each
+    files = {name: tmp_path / name for name in ("once.src", "a.ref", "b.ref", "twice.src", "twice.ref")}
+    for name, lines in (("once.src", sources), ("a.ref", refs), ("b.ref", others[:9] + [""]),
+                        ("twice.src", [s for s in sources for _ in (0, 1)]),
+                        ("twice.ref", [r for pair in zip(refs, others[:9] + [refs[9]]) for r in pair])):
+        files[name].write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+    def evaluate(src, *refs, grouped=False):
+        args = [x for ref in refs for x in ("--ref", ref)] + (["--group-references"] if grouped else [])
+        return json.loads(cli("evaluate", "--run", tiny_run.root, "--src", src, *args, "--greedy", "--json").stdout)
+
+    two_files = evaluate(files["once.src"], files["a.ref"], files["b.ref"])
+    assert two_files["signature"].startswith("nrefs:var") and two_files["references"]["most"] == 2
+    grouped = evaluate(files["twice.src"], files["twice.ref"], grouped=True)
+    assert grouped["sentences"] == 10 and grouped["hypotheses"] == two_files["hypotheses"]
+    assert (grouped["sacrebleu"], grouped["bleu"]) == (two_files["sacrebleu"], two_files["bleu"])
+    assert (tiny_run.root / "evaluate" / "hypotheses.txt").read_text(encoding="utf-8").count("\n") == 10
+    assert evaluate(files["twice.src"], files["twice.ref"])["sentences"] == 20  # not grouped: line by line
+    short = cli("evaluate", "--run", tiny_run.root, "--src", files["twice.src"], "--ref", files["a.ref"], check=False)
+    assert short.returncode == 1 and "a.ref has 10 lines but" in short.stderr
+
+
 def test_the_tiny_model_learned_the_toy_language(tiny_run):
     """Trained 5 epochs on the toy pairs, it must beat a trivial baseline by far."""
     report = json.loads((tiny_run.root / "train" / "manifest.json").read_text())["report"]
