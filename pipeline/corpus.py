@@ -16,6 +16,8 @@ SHUFFLE_PAIRS pairs (the whole corpus, below that size), then a buffer of batche
 from __future__ import annotations
 
 import json
+import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +29,7 @@ INDEX = "train.json"
 FORMAT = "tfrecord-shards-1"  # recorded by tokenize: a run tokenized in another format is tokenized anew
 SHARD_PAIRS = 100_000
 SHUFFLE_PAIRS = 100_000
+RESEGMENT_CHUNK = 4096  # sentences segmented per call, each call seeded anew
 POOL = 100  # batches' worth of pairs sorted by length together
 SHUFFLE_BATCHES = 2 * POOL
 INTERLEAVE = 4  # shards read at once
@@ -155,6 +158,62 @@ def _parse(records, first: int, end: int) -> dict:
     example = tf.io.parse_example(records, spec)
     keep = (example["n"] >= first) & (example["n"] < end)
     return {side: tf.ragged.boolean_mask(tf.cast(example[side], tf.int32), keep) for side in ("src", "tgt")}
+
+
+class Resegmenter:
+    """Subword regularisation (Kudo 2018): each epoch, pairs 0..end-1 of `corpus` decoded back to
+    text and segmented anew by SentencePiece's sampling (`alpha` smooths the distribution over
+    segmentations; `nbest` -1 samples among all of them), written as a corpus of its own under
+    `directory/epoch-NNNNN/`.
+
+    The next epoch's segmentation is made on a background thread while this epoch trains, so
+    training waits for it only on the first epoch (a few seconds for 50k pairs). SentencePiece
+    is reseeded before each chunk, from the seed and the epoch, and encodes on the calling
+    thread: an epoch's segmentations are the same on any thread, run or worker of a cluster.
+    """
+
+    def __init__(self, corpus: EncodedCorpus, processors: dict, alpha: float, nbest: int, seed: int, end: int,
+                 epochs: int, directory: Path):
+        self.corpus, self.processors, self.alpha, self.nbest = corpus, processors, alpha, nbest
+        self.seed, self.end, self.epochs, self.directory = seed, end, epochs, Path(directory)
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="resegment")
+        self.pending: dict[int, Future] = {}
+
+    def epoch(self, epoch: int) -> EncodedCorpus:
+        """Epoch `epoch`'s corpus, once made; starts making the next one's."""
+        made = (self.pending.pop(epoch, None) or self.worker.submit(self._write, epoch)).result()
+        for old in self.directory.glob("epoch-*"):
+            if old != made.directory:
+                shutil.rmtree(old, ignore_errors=True)
+        if epoch + 1 < self.epochs:
+            self.pending[epoch + 1] = self.worker.submit(self._write, epoch + 1)
+        return made
+
+    def close(self) -> None:
+        """Wait for the work in progress, then remove every epoch's corpus."""
+        self.worker.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _write(self, epoch: int) -> EncodedCorpus:
+        import sentencepiece as spm
+
+        directory = self.directory / f"epoch-{epoch:05d}"
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        writer = ShardWriter(directory)
+        base = epoch_seed(self.seed, epoch)
+        for number, sides in enumerate(self.corpus.chunks(("src", "tgt"), RESEGMENT_CHUNK, end=self.end)):
+            segmented = []
+            for k, (side, (ids, lengths)) in enumerate(zip(("src", "tgt"), sides)):
+                processor = self.processors[side]
+                text = processor.decode([row.tolist() for row in np.split(ids, np.cumsum(lengths)[:-1])])
+                spm.set_random_generator_seed((base * 7919 + 2 * number + k) % 2**32)
+                segmented.append(processor.encode(text, enable_sampling=True, alpha=self.alpha,
+                                                  nbest_size=self.nbest, num_threads=1))
+            for src, tgt in zip(*segmented):
+                writer.add(src, tgt)
+        writer.close()
+        return EncodedCorpus(directory)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -4,13 +4,15 @@ Per epoch: masked, label-smoothed cross-entropy normalised by real target tokens
 gradient clipping; validation loss and greedy dev BLEU; the best model by dev BLEU saved to
 `RUN/train/model.keras`; the learning rate lowered when dev BLEU stalls, training stopped when it
 stops improving; a CSV history. The pairs stream from the tokenize stage's shards
-(`pipeline.corpus`), never held in memory. Each epoch ends with a backup from which an
+(`pipeline.corpus`), never held in memory; with `subword_alpha` each epoch's are segmented anew
+(subword regularisation, `corpus.Resegmenter`). Each epoch ends with a backup from which an
 interrupted training resumes exactly (`EpochBackup`); the stage is written in the run's staging
 area and swapped in when it has finished (`Run.writing`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -29,7 +31,7 @@ from pipeline.artifacts import Declaration, Run, atomic_path, sha256, write_json
 from pipeline.average import try_average
 from pipeline.checkpoints import BEST, CHECKPOINTS, Backup, epoch_checkpoints, save_for_inference
 from pipeline.config import EvaluateConfig, ModelConfig, TrainConfig
-from pipeline.corpus import POOL, EncodedCorpus, batches, epoch_seed, pool_of
+from pipeline.corpus import POOL, EncodedCorpus, Resegmenter, batches, epoch_seed, pool_of
 from pipeline.data import read_parallel
 from pipeline.errors import InputError, StageError
 from pipeline.evaluate import DevSet
@@ -224,7 +226,8 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
                 log.info("resuming the interrupted training after epoch %d", state["epoch"])
         translator = Translator(model, processors["src"], processors["tgt"])
         loop = distribute.Loop(strategy, model, config.clip_norm, config.label_smoothing)
-        history = _fit(loop, translator, data, config, bleu_tokenize, stage.dir, backup, state, chief)
+        with data.resegmented(processors, config, stage.dir / "segmentations"):
+            history = _fit(loop, translator, data, config, bleu_tokenize, stage.dir, backup, state, chief)
         resumed_after = state["epoch"] if state else 0
         if not chief:  # the chief writes the run; this worker's part ends with its backup
             stage.discard()
@@ -371,12 +374,31 @@ class TrainingData:
     def __init__(self, corpus: EncodedCorpus, pairs: int, dev: DevSet):
         self.corpus, self.pairs, self.dev = corpus, pairs, dev
         self.tokens_per_epoch = int(corpus.tokens("tgt") * pairs / max(corpus.pairs, 1)) + pairs  # y </s>
+        self.resegmenter: Resegmenter | None = None
 
     def batches(self, epoch: int, config: TrainConfig, min_rows: int = 1):
         """Epoch `epoch`'s global batches: the same for the same seed and epoch, wherever they are made."""
         seed = epoch_seed(config.seed, epoch)
-        pools = self.corpus.pools(POOL * config.batch_size, seed=seed, end=self.pairs)
+        corpus = self.resegmenter.epoch(epoch) if self.resegmenter else self.corpus
+        pools = corpus.pools(POOL * config.batch_size, seed=seed, end=self.pairs)
         return batches(pools, config.batch_size, config.max_len, seed, min_rows)
+
+    @contextlib.contextmanager
+    def resegmented(self, processors: dict, config: TrainConfig, directory):
+        """With `config.subword_alpha`, each epoch's pairs segmented anew (see `Resegmenter`) into
+        `directory`, removed afterwards."""
+        if not config.subword_alpha:
+            yield
+            return
+        log.info("subword regularisation: each epoch's segmentations sampled with alpha %g, %s", config.subword_alpha,
+                 "among all segmentations" if config.subword_nbest < 0 else f"among the {config.subword_nbest} best")
+        self.resegmenter = Resegmenter(self.corpus, processors, config.subword_alpha, config.subword_nbest,
+                                       config.seed, self.pairs, config.epochs, directory)
+        try:
+            yield
+        finally:
+            self.resegmenter.close()
+            self.resegmenter = None
 
     def dev_batches(self, config: TrainConfig):
         return batches(pool_of(self.dev.ids["src"], self.dev.ids["tgt"]), config.batch_size, config.max_len)

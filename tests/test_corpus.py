@@ -91,3 +91,34 @@ def test_long_and_empty_pairs_are_skipped_and_small_batches_dropped_for_replicas
 def test_epoch_seeds_differ_by_epoch_and_seed(epoch):
     assert epoch_seed(7, epoch) == epoch_seed(7, epoch)
     assert len({epoch_seed(7, epoch), epoch_seed(7, epoch + 1), epoch_seed(8, epoch)}) == 3
+
+
+def test_resegmented_epochs_keep_the_text_and_are_seeded_by_epoch(tmp_path, toy_corpus):
+    """Subword regularisation's corpora: the same text, segmented otherwise from epoch to epoch,
+    and the same segmentation for the same seed and epoch on any thread."""
+    from pipeline.artifacts import Run
+    from pipeline.config import TokenizeConfig
+    from pipeline.corpus import Resegmenter
+    from pipeline.tokenize import load_encoded, load_tokenizers, tokenize
+
+    run = Run.at(tmp_path / "run")
+    tokenize(run, TokenizeConfig(vocab_size=60), src=str(toy_corpus["train_src"]), tgt=str(toy_corpus["train_tgt"]))
+    processors, _ = load_tokenizers(run, needed_by="test")
+    corpus = load_encoded(run, needed_by="test")
+
+    def epoch(number, folder, seed=1):
+        resegmenter = Resegmenter(corpus, processors, 0.1, -1, seed, 1000, 3, tmp_path / folder)
+        pairs = [(s.tolist(), t.tolist()) for s, t in resegmenter.epoch(number).read()]
+        resegmenter.close()
+        assert not (tmp_path / folder).exists()
+        return pairs
+
+    best = [(s.tolist(), t.tolist()) for s, t in corpus.read(end=1000)]
+    first = epoch(0, "a")
+    assert len(first) == 1000 and first == epoch(0, "b")  # made on another thread, another time
+    for side in (0, 1):
+        processor = processors[("src", "tgt")[side]]
+        assert [processor.decode(p[side]) for p in first] == [processor.decode(p[side]) for p in best]
+    changed = sum(p != q for p, q in zip(first, best))
+    assert 50 < changed < 1000  # sampled: many pairs segmented otherwise, not all
+    assert epoch(1, "c") != first and epoch(0, "d", seed=2) != first

@@ -214,3 +214,39 @@ def test_tensorboard_gets_the_curves(tmp_path, toy_corpus):
                     tags.setdefault(side, set()).add(value.tag)
     assert {"epoch_loss", "epoch_learning_rate", "epoch_train_tok_per_s"} <= tags["train"]
     assert {"epoch_loss", "epoch_bleu"} <= tags["validation"]  # dev loss and dev BLEU
+
+
+def test_subword_regularisation_trains_on_sampled_segmentations_and_resumes_exactly(tmp_path, toy_corpus,
+                                                                                    monkeypatch):
+    """The same seed gives the same segmentations per epoch: a resumed training ends with the
+    weights of an uninterrupted one, and both differ from training on the best segmentation."""
+    run = _tokenized(tmp_path, toy_corpus)
+    dev = dict(dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
+    sampled = TrainConfig(epochs=2, batch_size=64, patience=10, average_checkpoints=0, subword_alpha=0.1)
+
+    def weights(config, **options):
+        train(run, ModelConfig(**TINY_MODEL), config, **dev, **options)
+        assert not any(run.root.rglob("segmentations"))  # the epochs' corpora are gone
+        return keras.saving.load_model(run.path("train", "model.keras"), compile=False).get_weights()
+
+    uninterrupted = weights(sampled)
+    original = train_module.EpochLog.on_epoch_begin
+
+    def interrupt_in_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(run, ModelConfig(**TINY_MODEL), sampled, resume=False, **dev)
+    monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", original)
+    for a, b in zip(weights(sampled, resume=True), uninterrupted, strict=True):
+        np.testing.assert_array_equal(a, b)
+    plain = weights(TrainConfig(epochs=2, batch_size=64, patience=10, average_checkpoints=0))
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, uninterrupted))
+
+
+def test_subword_nbest_must_allow_a_choice():
+    with pytest.raises(ConfigError, match="train.subword_nbest must be -1 .all. or at least 2"):
+        TrainConfig(subword_alpha=0.1, subword_nbest=1).validate()
