@@ -104,6 +104,24 @@ def task(strat: tf.distribute.Strategy) -> str:
     return f"{resolver.task_type} {resolver.task_id}"
 
 
+def devices(cpuinfo: str | None = None) -> dict[str, Any]:
+    """What training runs on, for the manifest: the CPU's model, whether it computes bfloat16
+    natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's flags: `--precision mixed_bfloat16`
+    can only pay off there; elsewhere bfloat16 is converted in software), and the GPUs."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name"), "cores": os.cpu_count(),
+            "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+            "gpus": [gpu.name for gpu in tf.config.list_physical_devices("GPU")]}
+
+
 def token_loss(target, logits, label_smoothing: float):
     """(summed label-smoothed cross-entropy over real target tokens, their count)."""
     mask = tf.cast(tf.not_equal(target, PAD), tf.float32)

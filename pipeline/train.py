@@ -204,6 +204,10 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
            resume: bool | None, bleu_tokenize: str) -> dict[str, Any]:
     strategy = distribute.strategy(config.strategy)  # first: a cluster's must start before TensorFlow runs
     chief = distribute.is_chief(strategy)
+    hardware = distribute.devices()
+    if config.precision == "mixed_bfloat16" and not any(hardware[k] for k in ("gpus", "avx512_bf16", "amx_bf16")):
+        log.warning("this CPU has no bfloat16 instructions (AVX512-BF16, AMX-BF16): mixed_bfloat16 converts in "
+                    "software here and is likely slower than float32")
     processors, tok_manifest = load_tokenizers(run, needed_by=STAGE)
     data = TrainingData.read(run, processors, config, dev_src, dev_tgt)
     embeddings = _pretrained(run, model_config, config)
@@ -358,6 +362,7 @@ def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData",
         "median_train_tok_per_s": float(np.median([r["train_tok_per_s"] for r in rows])) if rows else None,
         "wall_s": round(rows[-1]["elapsed_s"], 1) if rows else None,
         "weights_sha256": digest,
+        "devices": distribute.devices(),  # the CPU (bfloat16 instructions or not) and GPUs it trained on
     }
     shutil.rmtree(backup.path.parent)
     (out / "fingerprint.json").unlink()

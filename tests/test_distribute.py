@@ -114,3 +114,13 @@ def test_multiworker_needs_a_cluster_and_pipeline_refuses_one(tokenized, tmp_pat
     assert proc.returncode != 0
     assert "error: --strategy multiworker needs TF_CONFIG naming the cluster and this worker" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_devices_says_whether_the_cpu_computes_bfloat16():
+    from pipeline.distribute import devices
+
+    amx = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n"
+    assert {k: devices(amx)[k] for k in ("cpu", "avx512", "avx512_bf16", "amx_bf16")} == {
+        "cpu": "Intel(R) Xeon(R) Platinum 8481C", "avx512": True, "avx512_bf16": True, "amx_bf16": True}
+    avx2 = devices("model name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma\n")
+    assert (avx2["cpu"], avx2["avx512_bf16"], avx2["amx_bf16"], avx2["gpus"]) == ("AMD EPYC", False, False, [])
