@@ -143,7 +143,9 @@ def test_interval_rates_skip_the_warmup_and_a_last_short_interval():
 
 
 def test_token_counts_replay_the_batches_the_loop_sees(tmp_path):
-    from pipeline.corpus import POOL, EncodedCorpus, ShardWriter, batches as corpus_batches
+    from pipeline.config import TrainConfig
+    from pipeline.corpus import EncodedCorpus, ShardWriter
+    from pipeline.train import TrainingData
 
     rng = np.random.default_rng(0)
     writer = ShardWriter(tmp_path)
@@ -152,16 +154,17 @@ def test_token_counts_replay_the_batches_the_loop_sees(tmp_path):
         writer.add(rng.integers(4, 50, n).tolist(), t)
     writer.close()
     corpus = EncodedCorpus(tmp_path)
+    data, config = TrainingData(corpus, corpus.pairs, dev=None), TrainConfig(batch_size=16, seed=3)
 
-    def batches():  # as benchmarks/measure.py makes them: seeded, repeated past the first epoch
-        return corpus_batches(corpus.pools(16 * POOL, seed=3), 16, 80, seed=3).repeat()
+    def batches():  # as benchmarks/measure.py makes them: train's own, repeated past the first epoch
+        return data.batches(0, config).repeat()
 
     first = [y for _, y in batches().take(20).as_numpy_iterator()]
     second = [y for _, y in batches().take(20).as_numpy_iterator()]
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     counts = batch_tokens(batches(), 20)
     assert counts == [int((y != PAD).sum()) for y in first]
-    epoch = len(list(corpus_batches(corpus.pools(16 * POOL, seed=3), 16, 80, seed=3)))
+    epoch = len(list(data.batches(0, config)))
     assert sum(counts[:epoch]) == sum(len(t) + 1 for t in tgt)  # every target piece and its </s>, once
 
 
