@@ -61,6 +61,18 @@ def write_json(path: Path, results: Any) -> None:
         log.info("results written to %s", path)
 
 
+def to_toml(config: dict[str, Any]) -> str:
+    """The flat TOML the pipeline configs use: top-level keys, then one table per section (JSON spells
+    a string, a number or a boolean as TOML does)."""
+    lines = [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in config.items()
+             if not isinstance(v, dict) and v is not None]
+    for section, values in config.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{section}]", *(f"{k} = {json.dumps(v, ensure_ascii=False)}"
+                                            for k, v in values.items() if v is not None)]
+    return "\n".join(lines) + "\n"
+
+
 def choose(only: str, valid: Sequence[str], what: str) -> list[str]:
     """The names of a comma-separated list. Names may hold commas ("ja-en, LSTM"), so at each place
     the longest run of pieces that spells a valid name is taken."""
