@@ -4,9 +4,9 @@
 
 KIND is `train`, `decode` or `gensim`; SPEC holds its settings; the figures go to OUT.json. A
 fresh process per measurement keeps its peak RSS its own and lets the thread settings apply
-before TensorFlow starts. Everything timed goes through the project's own code: the corpus's
-`batches`, `compile_for_training` and the training loop (`pipeline.distribute.Loop`) for training,
-`Translator.translate` for decoding.
+before TensorFlow starts. Everything timed goes through the project's own code: train's
+`TrainingData.batches`, `compile_for_training` and the training loop (`pipeline.distribute.Loop`)
+for training, `Translator.translate` for decoding.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def _summary(results: dict[str, Any]) -> list[str]:
         section = results.get(name) or {}
         lines += [f"{name}: {key}: {section[key]}" for key in ("skipped", "error") if key in section]
         if name == "w2v" and "skipped" in section.get("gensim", {}):
-            lines.append(f"w2v: gensim {section['gensim']['skipped']}")
+            lines.append(f"w2v: gensim skipped: {section['gensim']['skipped']}")
     return lines
 
 

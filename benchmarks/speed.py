@@ -1,39 +1,33 @@
 """Speed and memory of the pipeline beside its peer, JoeyNMT 2.3.0, measured in one run.
 
     python benchmarks/speed.py                       # train, decode, w2v, stream (about.wall_s: how long)
-    python benchmarks/speed.py --only train,decode   # some of it; export and workers only this way
+    python benchmarks/speed.py --only export         # some sections; export and workers only when named
     python benchmarks/speed.py --quick               # a smoke test on tiny sizes
     python benchmarks/speed.py --markdown            # the section for BENCHMARKS.md, on stdout
 
-The figures, each measured in a subprocess of its own (its peak RSS comes from wait4):
+Each figure is measured in a subprocess of its own (peak RSS from wait4):
 
-    train    target tokens/s of the reference model's training step (the corpus's batches and the
-             project's training loop), median over intervals of --interval steps after a warm-up; peak RSS
+    train    target tokens/s of the reference model's training step (train's batches and loop),
+             median over intervals of --interval steps after a warm-up; peak RSS
     decode   sentences/s of greedy and beam-5 search on the test set with a trained run (--run),
-             median of --repeats passes after a first, tracing one; the outputs of batches of 1,
-             16 and the default size compared
-    w2v      effective words/s of `python cli.py pretrain` and of gensim's word2vec (if installed:
-             `pip install gensim`) on the same pieces with the same settings, back to back
-    stream   wall time and peak RSS of `python cli.py tokenize`, `pretrain` (one word2vec epoch) and
-             200 training steps on the training corpus repeated 1x, 10x and 100x (5M pairs, made
-             on the fly in the scratch folder); with --baseline COMMIT, that commit's training
-             steps on the 1x corpus too, for old and new side by side
-    export   `python cli.py export` of --run (its wall time), then `python cli.py translate`, greedy
-             and beam 5, as whole processes, beside the SavedModel loaded by `python -I` with only
-             TensorFlow and tensorflow-text (benchmarks/exported_model.py): import and load times,
-             the first pass and the median of --repeats passes after it, in length-sorted batches
-             of 128 as translate makes them; the lines where the two outputs differ (expected: 0)
-    workers  `python cli.py train` for --minutes in one process, then in a cluster of --workers
-             processes on 127.0.0.1 (MultiWorkerMirroredStrategy, each with its share of the
-             threads), from copies of one tokenized corpus: target tok/s from the chief's
-             history.csv. The workers share this machine's cores and pay an all-reduce over
-             loopback, so the ratio is that overhead, not a speed-up.
+             median of --repeats passes after a first, tracing one; outputs of batches of 1, 16
+             and the default size compared
+    w2v      effective words/s of `cli.py pretrain` and of gensim's word2vec (if installed) on the
+             same pieces with the same settings
+    stream   wall time and peak RSS of `cli.py tokenize`, `pretrain` (one word2vec epoch) and 200
+             training steps on the training corpus repeated 1x, 10x, 100x (--scales); with
+             --baseline COMMIT, that commit's training steps on the 1x corpus beside them
+    export   `cli.py export` of --run, then `cli.py translate` (greedy, beam 5) as whole processes
+             beside the SavedModel in `python -I` (benchmarks/exported_model.py): import, load,
+             first pass, median of --repeats passes; lines where the outputs differ (expected: 0)
+    workers  `cli.py train` for --minutes in one process, then in --workers processes on
+             127.0.0.1 (MultiWorkerMirroredStrategy, threads shared out): the chief's target
+             tok/s. On one machine the ratio is the cost of sharing the cores and the all-reduce.
 
-export and workers (minutes each) run only when --only names them. A section that needs a trained
-run or gensim says so and is skipped. Ratios are to JoeyNMT's figures published for this machine
-kind (../shared/peer/README.md), or, with --peer-venv, to JoeyNMT measured in the same run
-(benchmarks/peer.py). Results: a table on stdout, JSON in benchmarks/results/speed.json; progress
-and logs on stderr.
+A section without its trained run (or gensim) says so and is skipped. Ratios are to JoeyNMT's
+figures published for this machine kind (../shared/peer/README.md), or, with --peer-venv, to
+JoeyNMT measured in the same run (benchmarks/peer.py). Results: a table on stdout, JSON in
+benchmarks/results/speed.json; progress and logs on stderr.
 """
 
 from __future__ import annotations
@@ -315,11 +309,8 @@ def main(
 
 
 def _scales(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
+    values = tuple(int(x) for x in text.split(",") if x.strip().isdigit())
+    if len(values) != len(text.split(",")) or min(values) < 1:
         raise ConfigError(f"--scales takes whole numbers >= 1 separated by commas; got {text!r}")
     return values
 
