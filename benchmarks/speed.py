@@ -55,7 +55,6 @@ from benchmarks.bench import (DOWNLOAD_HINT, QUICK, ROOT, SRC, TGT, Bench, Setti
                               choose, command, json_option, log, write_json)
 from pipeline.artifacts import Run  # noqa: E402
 from pipeline.config import DecodeConfig  # noqa: E402
-from pipeline.distribute import loopback_hosts  # noqa: E402
 from pipeline.errors import ConfigError, InputError, PipelineError  # noqa: E402
 
 SECTIONS = ("train", "decode", "w2v", "stream", "export", "workers")
@@ -190,6 +189,8 @@ def measure_export(bench: Bench, run: Path) -> dict[str, Any]:
 
 
 def measure_workers(bench: Bench) -> dict[str, Any]:
+    from pipeline.distribute import loopback_hosts  # imports TensorFlow, which this process needs nowhere else
+
     s = bench.settings
     tokenized, each = bench.stage("tokenize", 1)["run"], max(1, s.threads // s.workers)
     args = ["--epochs", 1, "--time-budget", s.minutes, "--no-pretrained", "--average-checkpoints", 0,
