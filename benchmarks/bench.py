@@ -1,6 +1,6 @@
 """What the benchmarks share: one way to run a script (Typer; the pipeline's errors end it as
-cli.py ends them), one table renderer, one way to run a measured subprocess, and the settings and
-`Bench` of benchmarks/speed.py and benchmarks/peer.py."""
+cli.py ends them), one table renderer and number format, one way to run a measured subprocess, and
+the settings and `Bench` of benchmarks/speed.py and benchmarks/peer.py."""
 
 from __future__ import annotations
 
@@ -61,6 +61,18 @@ def write_json(path: Path, results: Any) -> None:
         log.info("results written to %s", path)
 
 
+def to_toml(config: dict[str, Any]) -> str:
+    """The flat TOML the pipeline configs use: top-level keys, then one table per section (JSON spells
+    a string, a number or a boolean as TOML does)."""
+    lines = [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in config.items()
+             if not isinstance(v, dict) and v is not None]
+    for section, values in config.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{section}]", *(f"{k} = {json.dumps(v, ensure_ascii=False)}"
+                                            for k, v in values.items() if v is not None)]
+    return "\n".join(lines) + "\n"
+
+
 def choose(only: str, valid: Sequence[str], what: str) -> list[str]:
     """The names of a comma-separated list. Names may hold commas ("ja-en, LSTM"), so at each place
     the longest run of pieces that spells a valid name is taken."""
@@ -86,6 +98,15 @@ def table(header: list[str], rows: list[list[str]], markdown: bool = False) -> l
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
 
 
+def num(x: float | None) -> str:
+    """A figure as the tables print it: thousands separated, three significant digits or more."""
+    if x is None:
+        return "-"
+    if isinstance(x, int) or abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
+
+
 def child(argv: list, what: str, env: dict[str, str] | None = None, root: Path = ROOT) -> tuple[str, dict[str, float]]:
     """Run argv in the project root (or another checkout's); stderr passes through. Returns stdout
     and the child's wall time and peak RSS (of the child and its own children, from wait4)."""
@@ -102,9 +123,7 @@ def child(argv: list, what: str, env: dict[str, str] | None = None, root: Path =
 
 # -- speed.py and peer.py ------------------------------------------------------------------------
 
-_P = PretrainConfig()
-WORD2VEC = {"dim": _P.dim, "window": _P.window, "negatives": _P.negatives, "epochs": _P.epochs,
-            "subsample": _P.subsample, "seed": _P.seed}
+WORD2VEC = {k: getattr(PretrainConfig(), k) for k in ("dim", "window", "negatives", "epochs", "subsample", "seed")}
 
 
 @dataclass(frozen=True)
@@ -126,6 +145,8 @@ class Settings:
     stream_steps: int = 200  # training steps measured at each scale of the stream section
     stream_word2vec_epochs: int = 1  # pretrain's epochs there (the memory and time per pair are the point)
     word2vec: dict = field(default_factory=lambda: dict(WORD2VEC))
+    minutes: float = 2.0  # training time of each configuration of the workers section
+    workers: int = 2  # worker processes of its cluster on 127.0.0.1
     threads: int = len(os.sched_getaffinity(0))
     quick: bool = False
 
@@ -133,7 +154,7 @@ class Settings:
         """The benchmark's own sizes here; the model, the training step and word2vec as the pipeline
         checks them (`train.precision must be one of ...`)."""
         for name, least in (("steps", 1), ("warmup", 0), ("interval", 1), ("repeats", 1), ("threads", 1),
-                            ("stream_steps", 1), ("stream_word2vec_epochs", 1)):
+                            ("stream_steps", 1), ("stream_word2vec_epochs", 1), ("minutes", 0.01), ("workers", 1)):
             if getattr(self, name) < least:
                 raise ConfigError(f"--{name} must be >= {least}; got {getattr(self, name)}")
         if self.steps < self.interval:
@@ -145,7 +166,7 @@ class Settings:
 
 QUICK = dict(steps=12, warmup=3, interval=4, model=dict(embed_dim=32, units=32, attention_units=32),
              pairs=2000, test_sentences=64, repeats=2, batch1_sentences=8, scales=(1, 2), stream_steps=8,
-             word2vec={**WORD2VEC, "dim": 32, "epochs": 1}, quick=True)
+             word2vec={**WORD2VEC, "dim": 32, "epochs": 1}, minutes=0.25, quick=True)
 
 
 class Bench:

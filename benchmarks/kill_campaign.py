@@ -15,7 +15,6 @@ temporary file is left. It prints the counts and exits 1 if any trial failed a c
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -27,43 +26,20 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the project's packages
 
+import typer  # noqa: E402
+
+from benchmarks.bench import ROOT, command, log, to_toml  # noqa: E402
 from pipeline.artifacts import Run, sha256  # noqa: E402
 from tests.conftest import toy_pairs, write_corpus  # noqa: E402
 
 POINTS = ["write:*", "epoch-end", "backup-saved", "averaged", "before-manifest:train", "swap:*"]
-CONFIG = """
-run = "{run}"
-[data]
-src = "{src}"
-tgt = "{tgt}"
-[split]
-dev = 40
-test = 40
-[tokenize]
-vocab_size = 60
-[pretrain]
-dim = 32
-epochs = 2
-[model]
-embed_dim = 32
-units = 32
-attention_units = 32
-dropout = 0.2
-[train]
-epochs = 4
-batch_size = 32
-learning_rate = 0.01
-patience = 10
-keep_checkpoints = 3
-average_checkpoints = 3
-[decode]
-beam = 2
-[evaluate]
-tokenize = "none"
-"""
+CONFIG = {"split": {"dev": 40, "test": 40}, "tokenize": {"vocab_size": 60}, "pretrain": {"dim": 32, "epochs": 2},
+          "model": {"embed_dim": 32, "units": 32, "attention_units": 32, "dropout": 0.2},
+          "train": {"epochs": 4, "batch_size": 32, "learning_rate": 0.01, "patience": 10, "keep_checkpoints": 3,
+                    "average_checkpoints": 3},
+          "decode": {"beam": 2}, "evaluate": {"tokenize": "none"}}
 
 
 def pipeline(config: Path, kill_after: float | None = None, kill_at: str | None = None) -> int:
@@ -107,34 +83,32 @@ def problems(run: Path) -> list[str]:
     return found
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--kills", type=int, default=3, help="most kills per trial")
-    parser.add_argument("--points", action="store_true", help="half the kills at named fault points")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    rng = random.Random(args.seed)
+def main(trials: int = typer.Option(10), kills: int = typer.Option(3, help="Most kills per trial."),
+         points: bool = typer.Option(False, help="Half the kills at named fault points."),
+         seed: int = typer.Option(0)):
+    """Kill `python cli.py pipeline` at random moments, rerun it, check it against an uninterrupted run."""
+    rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="kill-campaign-"))
     src, tgt = write_corpus(work, "corpus", toy_pairs(1000, seed=3))
 
     def config_for(name: str) -> Path:
         path = work / f"{name}.toml"
-        path.write_text(CONFIG.format(run=work / name, src=src, tgt=tgt), encoding="utf-8")
+        path.write_text(to_toml({"run": str(work / name), "data": {"src": str(src), "tgt": str(tgt)}, **CONFIG}),
+                        encoding="utf-8")
         return path
 
     started = time.perf_counter()
     if pipeline(config_for("reference")) != 0:
-        print("the uninterrupted reference run failed", file=sys.stderr)
-        return 1
+        log.error("the uninterrupted reference run failed")
+        raise typer.Exit(1)
     reference_s = time.perf_counter() - started
     reference = fingerprint(work / "reference")
     counts = {"trials": 0, "kills": 0, "kills at points": 0, "finished": 0, "exact": 0, "failed checks": 0}
-    for trial in range(args.trials):
+    for trial in range(trials):
         config = config_for(f"trial{trial}")
         counts["trials"] += 1
-        for _ in range(rng.randint(1, args.kills)):
-            if args.points and rng.random() < 0.5:
+        for _ in range(rng.randint(1, kills)):
+            if points and rng.random() < 0.5:
                 code = pipeline(config, kill_at=f"{rng.choice(POINTS)}:{rng.randint(1, 4)}")
                 counts["kills at points"] += code == -signal.SIGKILL
             else:
@@ -153,12 +127,13 @@ def main() -> int:
                 found.append("weights differ from the uninterrupted run's")
         if found:
             counts["failed checks"] += 1
-            print(f"trial {trial}: " + "; ".join(found), file=sys.stderr)
+            log.error("trial %d: %s", trial, "; ".join(found))
         shutil.rmtree(run, ignore_errors=True)
-    print(json.dumps({**counts, "reference_s": round(reference_s, 1)}, indent=2))
+    typer.echo(json.dumps({**counts, "reference_s": round(reference_s, 1)}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
-    return 1 if counts["failed checks"] else 0
+    if counts["failed checks"]:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command(main)

@@ -4,9 +4,9 @@
 
 KIND is `train`, `decode` or `gensim`; SPEC holds its settings; the figures go to OUT.json. A
 fresh process per measurement keeps its peak RSS its own and lets the thread settings apply
-before TensorFlow starts. Everything timed goes through the project's own code: the corpus's
-`batches`, `compile_for_training` and the training loop (`pipeline.distribute.Loop`) for training,
-`Translator.translate` for decoding.
+before TensorFlow starts. Everything timed goes through the project's own code: train's
+`TrainingData.batches`, `compile_for_training` and the training loop (`pipeline.distribute.Loop`)
+for training, `Translator.translate` for decoding.
 """
 
 from __future__ import annotations
@@ -70,11 +70,10 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
     from pipeline.artifacts import Run
     from pipeline.config import ModelConfig, TrainConfig
-    from pipeline.corpus import POOL, batches as corpus_batches, epoch_seed
     from pipeline.distribute import Loop
     from pipeline.model import build_model
     from pipeline.tokenize import load_encoded, load_tokenizers
-    from pipeline.train import compile_for_training
+    from pipeline.train import TrainingData, compile_for_training
 
     run = Run.at(spec["run"])
     model_config = ModelConfig(**spec["model"])
@@ -87,11 +86,10 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     compile_for_training(model, config)
     warmup, steps, interval = spec["warmup"], spec["steps"], spec["interval"]
 
-    def batches(epoch=0, min_rows=1):
-        seed = epoch_seed(config.seed, epoch)
-        return (corpus_batches(corpus.pools(POOL * config.batch_size, seed=seed), config.batch_size, config.max_len,
-                               seed, min_rows)
-                .repeat().take(warmup + steps))
+    data = TrainingData(corpus, corpus.pairs, dev=None)
+
+    def batches(epoch=0, min_rows=1):  # `train`'s own, repeated past the first epoch
+        return data.batches(epoch, config, min_rows).repeat().take(warmup + steps)
 
     class StepClock(keras.callbacks.Callback):
         """`times[0]`: when training began; `times[i]`: when step i ended."""
@@ -111,22 +109,14 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     times = clock.times
     rates = interval_rates(times, tokens, warmup, interval)
     measured_s = times[-1] - times[warmup]
-    return {
-        "tok_per_s": statistics.median(rates) if rates else None,
-        "interval_tok_per_s": [round(r, 1) for r in rates],
-        "mean_tok_per_s": sum(tokens[warmup:]) / measured_s,
-        "steps": steps, "warmup_steps": warmup, "interval_steps": interval,
-        "measured_s": round(measured_s, 2),
-        "first_step_s": round(times[1] - times[0], 2),  # tracing the training step included
-        "tokens_per_step": round(float(np.mean(tokens)), 1),
-        "batch_size": config.batch_size,
-        "train_pairs": corpus.pairs,
-        "vocab": {side: processors[side].get_piece_size() for side in processors},
-        "parameters": model.count_params(),
-        "model": spec["model"],
-        "precision": config.precision,
-        "threads": threads,
-    }
+    return {"tok_per_s": statistics.median(rates) if rates else None,
+            "interval_tok_per_s": [round(r, 1) for r in rates], "mean_tok_per_s": sum(tokens[warmup:]) / measured_s,
+            "steps": steps, "warmup_steps": warmup, "interval_steps": interval, "measured_s": round(measured_s, 2),
+            "first_step_s": round(times[1] - times[0], 2),  # tracing the training step included
+            "tokens_per_step": round(float(np.mean(tokens)), 1), "batch_size": config.batch_size,
+            "train_pairs": corpus.pairs, "vocab": {side: processors[side].get_piece_size() for side in processors},
+            "parameters": model.count_params(), "model": spec["model"], "precision": config.precision,
+            "threads": threads}
 
 
 def batch_tokens(dataset, steps: int) -> list[int]:
@@ -171,19 +161,13 @@ def _decode(translator, lines: list[str], config, repeats: int, batch1_sentences
         seconds.append(time.perf_counter() - started)
         unstable += _mismatches(again, reference)
     subset = lines[:batch1_sentences]
-    return {
-        "sent_per_s": len(lines) / statistics.median(seconds),
-        "seconds": [round(s, 3) for s in seconds],
-        "first_call_s": round(first_call_s, 2),
-        "batch_size": config.batch_size,
-        "mean_output_words": round(float(np.mean([len(t.split()) for t in reference])), 2),
-        "mismatches": {
-            "repeats_vs_first": unstable,
-            "batch_16_vs_default": _mismatches(texts(lines, 16), reference),
-            "batch_1_vs_default": _mismatches(texts(subset, 1), reference[:len(subset)]),
-        },
-        "batch_1_sentences": len(subset),
-    }
+    return {"sent_per_s": len(lines) / statistics.median(seconds), "seconds": [round(s, 3) for s in seconds],
+            "first_call_s": round(first_call_s, 2), "batch_size": config.batch_size,
+            "mean_output_words": round(float(np.mean([len(t.split()) for t in reference])), 2),
+            "mismatches": {"repeats_vs_first": unstable,
+                           "batch_16_vs_default": _mismatches(texts(lines, 16), reference),
+                           "batch_1_vs_default": _mismatches(texts(subset, 1), reference[:len(subset)])},
+            "batch_1_sentences": len(subset)}
 
 
 def _mismatches(a: list[str], b: list[str]) -> int:

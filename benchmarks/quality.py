@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import typer  # noqa: E402
 
-from benchmarks.bench import ROOT, child, choose, command, json_option, log, table  # noqa: E402
+from benchmarks.bench import ROOT, child, choose, command, json_option, log, num, table, to_toml  # noqa: E402
 from pipeline.artifacts import Run, write_json_atomic  # noqa: E402
 from pipeline.errors import ConfigError, StageError  # noqa: E402
 
@@ -61,30 +61,9 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").replace("__", "_")
 
 
-def to_toml(config: dict[str, Any]) -> str:
-    """The flat TOML the pipeline configs use: top-level keys, then one table per section."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v, ensure_ascii=False)
-        return repr(v)
-
-    lines = [f"{k} = {value(v)}" for k, v in config.items() if not isinstance(v, dict) and v is not None]
-    for section, table in config.items():
-        if isinstance(table, dict):
-            lines += ["", f"[{section}]"] + [f"{k} = {value(v)}" for k, v in table.items() if v is not None]
-    return "\n".join(lines) + "\n"
-
-
 def label(name: str, epochs: int | None) -> str:
     """The key of a job's results: its name, and the epoch cap when there is one."""
     return f"{name}, {epochs} epochs" if epochs else name
-
-
-def job_names(only: str) -> list[str]:
-    return choose(only, ALL_JOBS, "job")
 
 
 def job_config(name: str, runs: Path, budget: float | None, epochs: int | None = None) -> dict[str, Any]:
@@ -246,13 +225,13 @@ def full_row(name: str, r: dict[str, Any]) -> list[str]:
     test, train = r["test"], r.get("train")
     b1, b5, b10 = (test.get(f"beam{b}", {}) for b in (1, 5, 10))
     bleu = [b1["sacrebleu"], b5["sacrebleu"], b10.get("sacrebleu", ""), b5["chrf"]]
-    speed = f"{b1['sentences_per_s']:.0f} / {b5['sentences_per_s']:.0f}"
+    speed = f"{num(b1['sentences_per_s'])} / {num(b5['sentences_per_s'])}"
     if train is None:
         return [f"{name} ({' + '.join(r['members'])})", *bleu, "", "", f"{r['train_min']:.0f} (members)", "", speed]
     avg = " (averaged)" if (train.get("average") or {}).get("kept") else ""
     return [name, *bleu, f"{train['best_dev_bleu']:.2f} ({train['best_epoch']}){avg}", train["epochs_run"],
             f"{r['stage_seconds'].get('train', train['wall_s']) / 60:.0f}",
-            f"{train['median_train_tok_per_s']:.0f}", speed]
+            num(train["median_train_tok_per_s"]), speed]
 
 
 def ablation_row(name: str, scores: dict[str, Any], dev: str, curve: list[float]) -> list[str]:
@@ -302,7 +281,7 @@ def main(
                                        help="File whose quality section is rewritten ('-': print it instead)."),
 ):
     """Translation quality: train the shipped configs and ablations, evaluate, tabulate."""
-    names = job_names(only) if only else [*JOBS, *([] if epochs else ENSEMBLES)]
+    names = choose(only, ALL_JOBS, "job") if only else [*JOBS, *([] if epochs else ENSEMBLES)]
     if epochs and (ensembles := [n for n in names if n in ENSEMBLES]):
         raise ConfigError(f"--epochs is for trained jobs, not the ensemble {ensembles[0]!r}")
     try:

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench import ROOT, table
+from benchmarks.bench import ROOT, num, table
 
 PEER_README = "../shared/peer/README.md"
 # JoeyNMT 2.3.0 on this project's machine kind (2 cores), from ../shared/peer/README.md.
@@ -23,6 +23,7 @@ PUBLISHED = {
 PUBLISHED_LABEL = "published, same machine kind"
 GOALS = {"train": 2.0, "train_rss_gib": 3.0, "greedy": 2.0, "beam": 3.0, "word2vec": 0.5}
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "sentencepiece", "gensim")
+SECTIONS = ("train", "decode", "w2v", "stream", "export", "workers", "peer")
 
 
 def about(threads: int, env: dict[str, str]) -> dict[str, Any]:
@@ -35,7 +36,8 @@ def about(threads: int, env: dict[str, str]) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M %z"),
         "commit": _git("rev-parse", "--short", "HEAD"),
         "uncommitted_changes": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "cpu": _cpu_model(),
+        "cpu": next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+                     if line.startswith("model name")), None),
         "cpu_count": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "threads": {"intra_op": threads, "inter_op": threads, "gensim_workers": threads,
@@ -54,12 +56,10 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str | None:
+def _read(path: str) -> str:
     with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return None
+        return Path(path).read_text()
+    return ""
 
 
 # -- figures ----------------------------------------------------------------------------------------
@@ -68,30 +68,26 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per figure: the project's value, the peer's, their ratio and the goal."""
     rows = []
     peer = results.get("peer") or {}
-    train = results.get("train") or {}
+    train, peer_train = results.get("train") or {}, peer.get("train") or {}
     if train.get("tok_per_s"):
-        value, label = _peer(peer.get("train", {}).get("tok_per_s"), "train_tok_per_s")
-        rows.append(_row("training throughput", train["tok_per_s"], "target tok/s", value, label,
-                         ratio_goal=GOALS["train"]))
-        peer_rss = peer.get("train", {}).get("process", {}).get("peak_rss_mib")
+        rows.append(_row("training throughput", train["tok_per_s"], "target tok/s",
+                         *_peer(peer_train.get("tok_per_s"), "train_tok_per_s"), ratio_goal=GOALS["train"]))
+        peer_rss = peer_train.get("process", {}).get("peak_rss_mib")
         rows.append(_row("training peak RSS", train["process"]["peak_rss_mib"] / 1024, "GiB",
                          peer_rss and peer_rss / 1024, "JoeyNMT, this run" if peer_rss else None,
                          below=GOALS["train_rss_gib"]))
     decode = results.get("decode") or {}
     beam = f"beam{(results.get('settings') or {}).get('beam', 5)}"
     if "greedy" in decode:
-        for name, key, goal in (("greedy", "greedy_sent_per_s", GOALS["greedy"]),
-                                (beam, "beam_sent_per_s", GOALS["beam"])):
+        for name, key in (("greedy", "greedy_sent_per_s"), (beam, "beam_sent_per_s")):
             measured = peer.get("decode", {}).get(name, {})
             if not _comparable_outputs(measured, decode[name]):
                 measured = {}  # a barely trained peer babbles to the length limit: slower for that alone
-            value, label = _peer(measured.get("sent_per_s"), key)
             rows.append(_row(f"decoding, {name.replace('beam', 'beam ')}", decode[name]["sent_per_s"], "sent/s",
-                             value, label, ratio_goal=goal))
+                             *_peer(measured.get("sent_per_s"), key), ratio_goal=GOALS[key.split("_")[0]]))
         mismatches = sum(n for name in ("greedy", beam) for n in decode[name]["mismatches"].values())
         rows.append(_row(f"decoding, outputs differing by batch size (1, 16, {decode[beam].get('batch_size', 64)})",
-                         mismatches, "sentences",
-                         None, None, equal=0))
+                         mismatches, "sentences", None, None, equal=0))
     w2v = results.get("w2v") or {}
     if "project" in w2v:
         gensim = w2v.get("gensim", {})
@@ -113,9 +109,7 @@ def _comparable_outputs(peer: dict[str, Any], ours: dict[str, Any], tolerance: f
 
 
 def _peer(measured: float | None, key: str) -> tuple[float, str]:
-    if measured:
-        return measured, "JoeyNMT, this run"
-    return PUBLISHED[key], PUBLISHED_LABEL
+    return (measured, "JoeyNMT, this run") if measured else (PUBLISHED[key], PUBLISHED_LABEL)
 
 
 def _words_per_s(sides: dict[str, Any]) -> float:
@@ -141,51 +135,61 @@ def _row(figure: str, value: float, unit: str, peer: float | None, peer_label: s
 
 # -- rendering --------------------------------------------------------------------------------------
 
-def _num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
-
-
-def _cells(row: dict[str, Any]) -> list[str]:
-    peer = f"{_num(row['peer'])} ({row['peer_source']})" if row["peer"] is not None else "-"
-    ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
-    return [row["figure"], f"{_num(row['value'])} {row['unit']}", peer, ratio, row["goal"],
-            "yes" if row["met"] else "no"]
-
-
-def _stream_cells(results: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    stream = results.get("stream") or {}
-    for row in stream.get("rows", []):
-        t, p, r = row["tokenize"], row["pretrain"], row.get("train")
-        rows.append([f"{row['scale']}x", f"{row['pairs']:,}",
-                     f"{t['wall_s']:.1f} s ({t['wall_s_per_pair_vs_first']:.2f})",
-                     f"{t['peak_rss_mib']:,.0f} MiB ({t['rss_vs_first']:.2f})",
-                     f"{p['wall_s']:.1f} s ({p['wall_s_per_pair_vs_first']:.2f})",
-                     f"{p['word2vec_s']:.1f} s ({p['word2vec_s_per_pair_vs_first']:.2f})",
-                     f"{p['peak_rss_mib']:,.0f} MiB ({p['rss_vs_first']:.2f})",
-                     f"{r['tok_per_s']:,.0f}" if r else "-",
-                     f"{r['peak_rss_mib']:,.0f} MiB ({r['rss_vs_first']:.2f})" if r else "-"])
-    if "baseline" in stream:
-        b = stream["baseline"]
-        rows.append([f"{b['scale']}x, commit {b['commit']}", "", "", "", "", "", "", f"{b['tok_per_s']:,.0f}",
-                     f"{b['peak_rss_mib']:,.0f} MiB"])
-    return rows
-
-
-FIGURE_HEADER = ["figure", "this project", "peer", "ratio", "goal", "met"]
-STREAM_HEADER = ["corpus", "pairs", "tokenize wall", "tokenize peak RSS", "pretrain wall", "of which word2vec",
-                 "pretrain peak RSS", "train tok/s", "train peak RSS"]
 STREAM_NOTE = ("Streaming: `python cli.py tokenize`, `pretrain` (one word2vec epoch) and a fixed number of "
                "training steps on the training corpus repeated k times, each a process of its own. In brackets: "
                "time per pair, and peak RSS, relative to the first row. Pretrain's wall time includes starting "
                "TensorFlow and compiling; word2vec's is the training alone. A row naming a commit is that commit's "
                "training steps, measured in the same run (--baseline).")
+EXPORT_NOTE = ("Export: `python cli.py translate` as a whole process beside the exported SavedModel in a fresh "
+               "`python -I` process with only TensorFlow and tensorflow-text, on the same sentences.")
+WORKERS_NOTE = ("Workers: `python cli.py train` in one process and in a cluster of worker processes on this "
+                "machine (they share its cores and all-reduce over loopback: the ratio is that overhead).")
+
+
+def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(note, header, rows) of each table the results have."""
+    figure_rows = [[r["figure"], f"{num(r['value'])} {r['unit']}",
+                    f"{num(r['peer'])} ({r['peer_source']})" if r["peer"] is not None else "-",
+                    f"{r['ratio']:.2f}x" if r["ratio"] is not None else "-", r["goal"], "yes" if r["met"] else "no"]
+                   for r in results["figures"]]
+    out = [("", ["figure", "this project", "peer", "ratio", "goal", "met"], figure_rows)]
+
+    def rss(d: dict) -> str:
+        return f"{d['peak_rss_mib']:,.0f} MiB" + (f" ({d['rss_vs_first']:.2f})" if "rss_vs_first" in d else "")
+
+    def wall(d: dict, key: str = "wall_s") -> str:
+        return f"{d[key]:.1f} s ({d[f'{key}_per_pair_vs_first']:.2f})"
+
+    stream = results.get("stream") or {}
+    rows = []
+    for row in stream.get("rows", []):
+        t, p, r = row["tokenize"], row["pretrain"], row.get("train")
+        rows.append([f"{row['scale']}x", f"{row['pairs']:,}", wall(t), rss(t), wall(p), wall(p, "word2vec_s"), rss(p),
+                     *([f"{r['tok_per_s']:,.0f}", rss(r)] if r else ["-", "-"])])
+    if b := stream.get("baseline"):
+        rows.append([f"{b['scale']}x, commit {b['commit']}", *[""] * 6, f"{b['tok_per_s']:,.0f}", rss(b)])
+    out.append((STREAM_NOTE, ["corpus", "pairs", "tokenize wall", "tokenize peak RSS", "pretrain wall",
+                              "of which word2vec", "pretrain peak RSS", "train tok/s", "train peak RSS"], rows))
+
+    export = results.get("export") or {}
+    n, rows = export.get("sentences"), []
+    for name in [k for k in export if isinstance(export[k], dict) and "lines_that_differ" in export[k]]:
+        e, wall_s = export[name], export[name]["translate"]["wall_s"]
+        end_to_end = export["import_s"] + export["load_s"] + e["first_pass_s"]
+        rows.append([name.replace("beam", "beam "), f"{n / wall_s:.1f} sent/s ({wall_s:.1f} s)",
+                     f"{n / end_to_end:.1f} sent/s ({end_to_end:.1f} s)", f"{num(n / e['steady_s'])} sent/s",
+                     e["lines_that_differ"]])
+    out.append((EXPORT_NOTE, [f"{n} test sentences", "`cli.py translate`, whole process", "exported, end to end "
+                              "(import + load + first pass)", f"exported, steady (median of {export.get('repeats')} "
+                              "passes)", "lines that differ"], rows))
+
+    w = results.get("workers") or {}
+    rows = [] if "ratio" not in w else [
+        ["one process", w["one_process"]["threads"], num(w["one_process"]["tok_per_s"]), "1.00"],
+        [f"{w['cluster']['workers']} workers on 127.0.0.1 (MultiWorkerMirroredStrategy)",
+         f"{w['cluster']['threads_each']} each", num(w["cluster"]["tok_per_s"]), f"{w['ratio']:.2f}"]]
+    out.append((WORKERS_NOTE, ["training", "TensorFlow threads", "target tok/s", "ratio"], rows))
+    return out
 
 
 def _summary(results: dict[str, Any]) -> list[str]:
@@ -198,49 +202,44 @@ def _summary(results: dict[str, Any]) -> list[str]:
              f"{a.get('wall_s', 0):.0f} s in all."]
     if results["settings"].get("quick"):
         lines.append("QUICK MODE: tiny sizes and a tiny model, a smoke test; these figures say nothing about speed.")
-    for name in ("train", "decode", "w2v", "stream", "peer"):
+    for name in SECTIONS:
         section = results.get(name) or {}
-        for key in ("skipped", "error"):
-            if key in section:
-                lines.append(f"{name}: {key}: {section[key]}")
+        lines += [f"{name}: {key}: {section[key]}" for key in ("skipped", "error") if key in section]
         if name == "w2v" and "skipped" in section.get("gensim", {}):
-            lines.append(f"w2v: gensim {section['gensim']['skipped']}")
+            lines.append(f"w2v: gensim skipped: {section['gensim']['skipped']}")
     return lines
 
 
 def _details(results: dict[str, Any]) -> list[str]:
     """How each figure was taken, in a line or two."""
     lines = []
-    train = results.get("train") or {}
-    if train.get("tok_per_s"):
+    if (train := results.get("train") or {}).get("tok_per_s"):
+        rates = train["interval_tok_per_s"]
         lines.append(
-            f"training: median of {len(train['interval_tok_per_s'])} intervals of {train['interval_steps']} steps "
-            f"(range {_num(min(train['interval_tok_per_s']))}-{_num(max(train['interval_tok_per_s']))} tok/s) after "
-            f"{train['warmup_steps']} warm-up steps; {train['train_pairs']:,} pairs, batches of {train['batch_size']} "
-            f"sentences, {train['tokens_per_step']:,.0f} target tokens a step; {train['parameters']:,} parameters "
-            f"(JoeyNMT's: 4,978,688); {train.get('precision', 'float32')}; first step, tracing included, "
+            f"training: median of {len(rates)} intervals of {train['interval_steps']} steps (range "
+            f"{num(min(rates))}-{num(max(rates))} tok/s) after {train['warmup_steps']} warm-up steps; "
+            f"{train['train_pairs']:,} pairs, batches of {train['batch_size']} sentences, "
+            f"{train['tokens_per_step']:,.0f} target tokens a step; {train['parameters']:,} parameters (JoeyNMT's: "
+            f"4,978,688); {train.get('precision', 'float32')}; first step, tracing included, "
             f"{train['first_step_s']:.1f} s")
     decode = results.get("decode") or {}
-    for name in [k for k in decode if isinstance(decode[k], dict) and "sent_per_s" in decode[k]]:
-        d = decode[name]
-        lines.append(
-            f"decoding, {name}: {decode['sentences']} sentences in batches of {d['batch_size']}, median of "
-            f"{len(d['seconds'])} passes ({', '.join(f'{x:.2f}' for x in d['seconds'])} s) after a first one of "
-            f"{d['first_call_s']:.1f} s (tracing); {d['mean_output_words']:.1f} words an output; differing outputs: "
-            f"{d['mismatches']['batch_1_vs_default']} of the first {d['batch_1_sentences']} with batches of 1, "
-            f"{d['mismatches']['batch_16_vs_default']} with batches of 16, "
-            f"{d['mismatches']['repeats_vs_first']} between passes")
+    for name, d in decode.items():
+        if isinstance(d, dict) and "sent_per_s" in d:
+            m = d["mismatches"]
+            lines.append(
+                f"decoding, {name}: {decode['sentences']} sentences in batches of {d['batch_size']}, median of "
+                f"{len(d['seconds'])} passes ({', '.join(f'{x:.2f}' for x in d['seconds'])} s) after a first one of "
+                f"{d['first_call_s']:.1f} s (tracing); {d['mean_output_words']:.1f} words an output; differing "
+                f"outputs: {m['batch_1_vs_default']} of the first {d['batch_1_sentences']} with batches of 1, "
+                f"{m['batch_16_vs_default']} with batches of 16, {m['repeats_vs_first']} between passes")
     w2v = results.get("w2v") or {}
-    if "project" in w2v:
-        gensim = w2v.get("gensim", {})
-        for side in ("src", "tgt"):
-            p, g = w2v["project"][side], gensim.get(side)
-            lines.append(f"word2vec, {side}: {p['effective_words']:,} effective words at {p['words_per_second']:,}/s "
-                         f"(compiling {p['compile_seconds']:.1f} s, not counted)"
-                         + (f"; gensim {g['effective_words']:,} at {g['words_per_second']:,}/s" if g else ""))
+    for side in ("src", "tgt") if "project" in w2v else ():
+        p, g = w2v["project"][side], w2v.get("gensim", {}).get(side)
+        lines.append(f"word2vec, {side}: {p['effective_words']:,} effective words at {p['words_per_second']:,}/s "
+                     f"(compiling {p['compile_seconds']:.1f} s, not counted)"
+                     + (f"; gensim {g['effective_words']:,} at {g['words_per_second']:,}/s" if g else ""))
     peer = results.get("peer") or {}
-    if (peer.get("train") or {}).get("tok_per_s"):
-        t = peer["train"]
+    if (t := peer.get("train") or {}).get("tok_per_s"):
         lines.append(f"JoeyNMT training: median of {len(t['interval_tok_per_s'])} intervals of {t['interval_steps']} "
                      f"steps after a first one left out, {t['steps']} steps in all")
     for name, d in (peer.get("decode") or {}).items():
@@ -249,6 +248,13 @@ def _details(results: dict[str, Any]) -> list[str]:
                          f"{d['batch_size']}, median of {len(d['seconds'])} passes after a first one of "
                          f"{d['first_call_s']:.1f} s; the checkpoint of its {peer['decode']['checkpoint_steps']} "
                          f"training steps; {d['mean_output_words']:.1f} words an output")
+    if "import_s" in (export := results.get("export") or {}):
+        lines.append(f"export: `python cli.py export` {export['export']['wall_s']:.1f} s; the exported model, batches "
+                     f"of {export['batch_size']} sorted by length: import {export['import_s']:.1f} s, load "
+                     f"{export['load_s']:.1f} s; run {export['run']}")
+    if "ratio" in (w := results.get("workers") or {}):
+        lines.append(f"workers: {w['minutes']:g} min of training each (`train --time-budget`), the figure the "
+                     f"chief's history.csv records (the whole cluster's target tokens/s of training proper)")
     return lines
 
 
@@ -260,10 +266,8 @@ def render(results: dict[str, Any], markdown: bool = False) -> str:
                *(f"- {line}" for line in _summary(results) + _details(results)), ""]
     else:
         out = _summary(results) + [""] + _details(results) + [""]
-    for header, rows in ((FIGURE_HEADER, [_cells(r) for r in results["figures"]]),
-                         (STREAM_HEADER, _stream_cells(results))):
+    for note, header, rows in _tables(results):
         if rows:
-            if header is STREAM_HEADER:
-                out += [STREAM_NOTE, ""] if markdown else [STREAM_NOTE]
+            out += ([note, ""] if markdown else [note]) if note else []
             out += table(header, rows, markdown) + [""]
     return "\n".join(out).rstrip() + "\n"

@@ -1,38 +1,47 @@
 """Speed and memory of the pipeline beside its peer, JoeyNMT 2.3.0, measured in one run.
 
-    python benchmarks/speed.py                       # everything (the JSON's about.wall_s: how long)
-    python benchmarks/speed.py --only train,decode   # some of it
+    python benchmarks/speed.py                       # train, decode, w2v, stream (about.wall_s: how long)
+    python benchmarks/speed.py --only export         # some sections; export and workers only when named
     python benchmarks/speed.py --quick               # a smoke test on tiny sizes
     python benchmarks/speed.py --markdown            # the section for BENCHMARKS.md, on stdout
 
-The figures, each measured in a subprocess of its own (its peak RSS comes from wait4):
+Each figure is measured in a subprocess of its own (peak RSS from wait4):
 
-    train   target tokens/s of the reference model's training step (the corpus's batches and
-            the project's training loop), median over intervals of --interval steps after a warm-up; peak RSS
-    decode  sentences/s of greedy and beam-5 search on the test set with a trained run (--run),
-            median of --repeats passes after a first, tracing one; the outputs of batches of 1,
-            16 and the default size compared
-    w2v     effective words/s of `python cli.py pretrain` and of gensim's word2vec (if installed:
-            `pip install gensim`) on the same pieces with the same settings, back to back
-    stream  wall time and peak RSS of `python cli.py tokenize`, `pretrain` (one word2vec epoch) and
-            200 training steps on the training corpus repeated 1x, 10x and 100x (5M pairs, made
-            on the fly in the scratch folder); with --baseline COMMIT, that commit's training
-            steps on the 1x corpus too, for old and new side by side
+    train    target tokens/s of the reference model's training step (train's batches and loop),
+             median over intervals of --interval steps after a warm-up; peak RSS
+    decode   sentences/s of greedy and beam-5 search on the test set with a trained run (--run),
+             median of --repeats passes after a first, tracing one; outputs of batches of 1, 16
+             and the default size compared
+    w2v      effective words/s of `cli.py pretrain` and of gensim's word2vec (if installed) on the
+             same pieces with the same settings
+    stream   wall time and peak RSS of `cli.py tokenize`, `pretrain` (one word2vec epoch) and 200
+             training steps on the training corpus repeated 1x, 10x, 100x (--scales); with
+             --baseline COMMIT, that commit's training steps on the 1x corpus beside them
+    export   `cli.py export` of --run, then `cli.py translate` (greedy, beam 5) as whole processes
+             beside the SavedModel in `python -I` (benchmarks/exported_model.py): import, load,
+             first pass, median of --repeats passes; lines where the outputs differ (expected: 0)
+    workers  `cli.py train` for --minutes in one process, then in --workers processes on
+             127.0.0.1 (MultiWorkerMirroredStrategy, threads shared out): the chief's target
+             tok/s. On one machine the ratio is the cost of sharing the cores and the all-reduce.
 
-Ratios are to JoeyNMT's figures published for this machine kind (../shared/peer/README.md), or,
-with --peer-venv, to JoeyNMT measured in the same run (benchmarks/peer.py). Results: a table on
-stdout, JSON in benchmarks/results/speed.json; progress and logs on stderr.
+A section without its trained run (or gensim) says so and is skipped. Ratios are to JoeyNMT's
+figures published for this machine kind (../shared/peer/README.md), or, with --peer-venv, to
+JoeyNMT measured in the same run (benchmarks/peer.py). Results: a table on stdout, JSON in
+benchmarks/results/speed.json; progress and logs on stderr.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -42,41 +51,56 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import typer  # noqa: E402
 
 from benchmarks import peer, report  # noqa: E402
-from benchmarks.bench import (DOWNLOAD_HINT, QUICK, ROOT, SRC, TGT, Bench, Settings, choose, command,  # noqa: E402
-                              json_option, log, write_json)
+from benchmarks.bench import (DOWNLOAD_HINT, QUICK, ROOT, SRC, TGT, Bench, Settings, child, child_env,  # noqa: E402
+                              choose, command, json_option, log, write_json)
 from pipeline.artifacts import Run  # noqa: E402
+from pipeline.config import DecodeConfig  # noqa: E402
 from pipeline.errors import ConfigError, InputError, PipelineError  # noqa: E402
 
-SECTIONS = ("train", "decode", "w2v", "stream")
+SECTIONS = ("train", "decode", "w2v", "stream", "export", "workers")
+DEFAULT_SECTIONS = SECTIONS[:4]
 
 
-# -- the four sections ----------------------------------------------------------------------------
+# -- the sections ---------------------------------------------------------------------------------
 
 def measure_train(bench: Bench) -> dict[str, Any]:
-    s = bench.settings
-    tokenized = bench.stage("tokenize", 1)
-    return bench.measure("train", {"run": str(tokenized["run"]), "steps": s.steps, "warmup": s.warmup,
-                                   "interval": s.interval, "batch_size": s.batch_size, "model": s.model,
-                                   "precision": s.precision})
+    return bench.measure("train", {**_train_spec(bench.settings), "run": str(bench.stage("tokenize", 1)["run"])})
+
+
+def _train_spec(s: Settings, steps: int | None = None) -> dict[str, Any]:
+    warmup, interval = (s.warmup, s.interval) if steps is None else (max(1, steps // 10), max(1, steps // 4))
+    return {"steps": steps or s.steps, "warmup": warmup, "interval": interval, "batch_size": s.batch_size,
+            "model": s.model, "precision": s.precision}
+
+
+def _untrained(run: Path, section: str) -> dict[str, str] | None:
+    """A skipped section's result when `run` has no finished training."""
+    if Run.at(run).has("train"):
+        return None
+    reason = f"no trained run at {run}: train one (`python cli.py pipeline --config configs/enja.toml`) or pass --run"
+    log.warning("%s skipped: %s", section, reason)
+    return {"skipped": reason}
+
+
+def _test_source(bench: Bench) -> Path:
+    """The test set's source side, or its first --test-sentences lines."""
+    src, n = bench.data / f"test.{SRC}", bench.settings.test_sentences
+    if not src.is_file():
+        raise InputError(f"no test set at {src}", hint=DOWNLOAD_HINT)
+    if n is None:
+        return src
+    cut = bench.workdir / src.name
+    cut.write_text("".join(src.read_text(encoding="utf-8").splitlines(keepends=True)[:n]), encoding="utf-8")
+    return cut
 
 
 def measure_decode(bench: Bench, run: Path) -> dict[str, Any]:
+    if skipped := _untrained(run, "decode"):
+        return skipped
     s = bench.settings
-    if not Run.at(run).has("train"):
-        reason = (f"no trained run at {run}: train one (`python cli.py pipeline --config configs/enja.toml`) "
-                  "or pass --run")
-        log.warning("decode skipped: %s", reason)
-        return {"skipped": reason}
-    src = bench.data / f"test.{SRC}"
-    if not src.is_file():
-        raise InputError(f"no test set at {src}", hint=DOWNLOAD_HINT)
-    if s.test_sentences is not None:
-        lines = src.read_text(encoding="utf-8").splitlines(keepends=True)[:s.test_sentences]
-        src = bench.workdir / f"test.{SRC}"
-        src.write_text("".join(lines), encoding="utf-8")
-    return {"run": str(run), **bench.measure("decode", {"run": str(run), "src": str(src), "beam": s.beam,
-                                                        "repeats": s.repeats,
-                                                        "batch1_sentences": s.batch1_sentences})}
+    spec = {"run": str(run), "src": str(_test_source(bench)), "beam": s.beam, "repeats": s.repeats,
+            "batch1_sentences": s.batch1_sentences}
+    return {"run": str(run), **bench.measure("decode", spec)}
 
 
 def measure_w2v(bench: Bench) -> dict[str, Any]:
@@ -87,19 +111,16 @@ def measure_w2v(bench: Bench) -> dict[str, Any]:
     result = {"settings": bench.settings.word2vec, "project": project, "process": _usage(pretrained)}
     if importlib.util.find_spec("gensim") is None:
         log.warning("gensim is not installed (`pip install gensim`): comparing with its published figure")
-        result["gensim"] = {"skipped": "gensim is not installed (`pip install gensim`)"}
-        return result
-    result["gensim"] = bench.measure("gensim", {"run": str(pretrained["run"]), "word2vec": bench.settings.word2vec})
-    return result
+        return {**result, "gensim": {"skipped": "gensim is not installed (`pip install gensim`)"}}
+    return {**result, "gensim": bench.measure("gensim", {"run": str(pretrained["run"]),
+                                                         "word2vec": bench.settings.word2vec})}
 
 
 def measure_stream(bench: Bench, baseline: str | None = None) -> dict[str, Any]:
     """tokenize, pretrain and --stream-steps training steps at each scale; with a `baseline`
     commit, its training steps on the 1x corpus too, in a checkout of it beside this one."""
     s = bench.settings
-    word2vec = {**s.word2vec, "epochs": s.stream_word2vec_epochs}
-    spec = {"steps": s.stream_steps, "warmup": max(1, s.stream_steps // 10), "interval": max(1, s.stream_steps // 4),
-            "batch_size": s.batch_size, "model": s.model, "precision": s.precision}
+    word2vec, spec = {**s.word2vec, "epochs": s.stream_word2vec_epochs}, _train_spec(s, s.stream_steps)
     rows = []
     for scale in s.scales:
         tokenized, pretrained = bench.stage("tokenize", scale), bench.stage("pretrain", scale, word2vec)
@@ -136,6 +157,71 @@ def _checkout(commit: str, workdir: Path) -> Path:
     return folder
 
 
+def measure_export(bench: Bench, run: Path) -> dict[str, Any]:
+    if skipped := _untrained(run, "export"):
+        return skipped
+    s, src, folder, batch = bench.settings, _test_source(bench), bench.workdir / "export", DecodeConfig.batch_size
+    lines = src.read_text(encoding="utf-8").splitlines()
+    _, exported = child([sys.executable, "cli.py", "export", "--run", run, "--out", folder, "--beam", s.beam],
+                        "export", bench.env)
+    searches = {"greedy": ("translate_greedy", 0, ["--greedy"]), f"beam{s.beam}": ("translate_beam", s.beam,
+                                                                                  ["--beam", s.beam])}
+    spec = bench.workdir / "exported.spec.json"
+    spec.write_text(json.dumps({"export": str(folder), "lines": lines, "batch_size": batch, "repeats": s.repeats,
+                                "length_penalty": DecodeConfig.length_penalty,
+                                "searches": [(name, sig, beam) for name, (sig, beam, _) in searches.items()]}))
+    out, loaded = child([sys.executable, "-I", Path(__file__).with_name("exported_model.py"), spec],
+                        "exported model", bench.env)
+    figures = json.loads(out)
+    result = {"run": str(run), "sentences": len(lines), "batch_size": batch, "repeats": s.repeats,
+              "export": exported, "exported_process": loaded, "import_s": round(figures["import_s"], 2),
+              "load_s": round(figures["load_s"], 2)}
+    for name, (_, _, flag) in searches.items():
+        output = bench.workdir / f"{name}.txt"
+        _, translate = child([sys.executable, "cli.py", "translate", "--run", run, "--input", src, "--output", output,
+                              "--batch-size", batch, *flag], f"translate {name}", bench.env)
+        mine = figures[name]
+        result[name] = {"translate": translate, "first_pass_s": round(mine["first_pass_s"], 2),
+                        "steady_s": round(mine["steady_s"], 3),
+                        "lines_that_differ": sum(a != b for a, b in zip(mine["translations"], output.read_text(
+                            encoding="utf-8").splitlines(), strict=True))}
+    return result
+
+
+def measure_workers(bench: Bench) -> dict[str, Any]:
+    from pipeline.distribute import loopback_hosts  # imports TensorFlow, which this process needs nowhere else
+
+    s = bench.settings
+    tokenized, each = bench.stage("tokenize", 1)["run"], max(1, s.threads // s.workers)
+    args = ["--epochs", 1, "--time-budget", s.minutes, "--no-pretrained", "--average-checkpoints", 0,
+            "--batch-size", s.batch_size, "--precision", s.precision,
+            *(x for key, value in s.model.items() for x in (f"--{key.replace('_', '-')}", value))]
+
+    def train(name: str, threads: int, cluster: dict | None = None) -> dict[str, Any]:
+        run = bench.workdir / name
+        shutil.copytree(tokenized, run)
+        env = {**child_env(threads), **({"TF_CONFIG": json.dumps(cluster)} if cluster else {})}
+        out, usage = child([sys.executable, "cli.py", "train", "--run", run, "--strategy",
+                            "multiworker" if cluster else "one", *args], name, env)
+        return {"history": run / "train" / "history.csv", "weights": json.loads(out)["weights_sha256"], **usage}
+
+    def tok_per_s(trained: dict[str, Any]) -> float:  # what the chief's history.csv records
+        with trained["history"].open() as f:
+            return round(float(next(csv.DictReader(f))["train_tok_per_s"]), 1)
+
+    one, hosts = train("workers-one", s.threads), loopback_hosts(s.workers)
+    with ThreadPoolExecutor(s.workers) as pool:
+        cluster = list(pool.map(lambda i: train(f"workers-{i}", each, {"cluster": {"worker": hosts}, "task": {
+            "type": "worker", "index": i}}), range(s.workers)))
+    if len({worker["weights"] for worker in cluster}) != 1:
+        raise PipelineError("the workers ended with different weights")
+    one = {"tok_per_s": tok_per_s(one), "threads": s.threads, **_usage(one)}
+    chief = tok_per_s(cluster[0])
+    return {"minutes": s.minutes, "one_process": one, "cluster": {"workers": s.workers, "threads_each": each,
+            "tok_per_s": chief, "wall_s": max(w["wall_s"] for w in cluster),
+            "peak_rss_mib": [w["peak_rss_mib"] for w in cluster]}, "ratio": round(chief / one["tok_per_s"], 2)}
+
+
 def _usage(stage: dict[str, Any]) -> dict[str, float]:
     return {"wall_s": stage["wall_s"], "peak_rss_mib": stage["peak_rss_mib"]}
 
@@ -144,7 +230,7 @@ def _usage(stage: dict[str, Any]) -> dict[str, float]:
 
 def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, workdir: Path,
               peer_venv: Path | None, peer_steps: int, baseline: str | None = None) -> dict[str, Any]:
-    for name in (f"train.{SRC}", f"train.{TGT}"):
+    for name in (f"train.{SRC}", f"train.{TGT}") if sections != ["export"] else ():  # export needs test.ja alone
         if not (data / name).is_file():
             raise InputError(f"no {name} in {data}", hint=DOWNLOAD_HINT)
     bench = Bench(settings, data, workdir)
@@ -152,7 +238,8 @@ def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, wo
                                "sections": sections}
     started = time.perf_counter()
     measures = {"train": measure_train, "decode": lambda b: measure_decode(b, run), "w2v": measure_w2v,
-                "stream": lambda b: measure_stream(b, baseline), "peer": lambda b: peer.measure(peer_venv, b, sections, peer_steps)}
+                "stream": lambda b: measure_stream(b, baseline), "export": lambda b: measure_export(b, run),
+                "workers": measure_workers, "peer": lambda b: peer.measure(peer_venv, b, sections, peer_steps)}
     for name in sections + (["peer"] if peer_venv else []):
         try:
             results[name] = measures[name](bench)
@@ -166,7 +253,7 @@ def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, wo
 
 
 def main(
-    only: str = typer.Option(",".join(SECTIONS), help=f"Comma-separated sections: {', '.join(SECTIONS)}."),
+    only: str = typer.Option(",".join(DEFAULT_SECTIONS), help=f"Comma-separated sections: {', '.join(SECTIONS)}."),
     quick: bool = typer.Option(False, help="Tiny sizes and a tiny model: a smoke test, not a measurement."),
     steps: Optional[int] = typer.Option(None, help="Measured training steps after the warm-up (default 1000)."),
     warmup: Optional[int] = typer.Option(None, help="Training steps before the clock starts (default 50)."),
@@ -175,12 +262,14 @@ def main(
     scales: Optional[str] = typer.Option(None, help="Corpus repetitions for the stream section (default 1,10,100)."),
     baseline: Optional[str] = typer.Option(None, help="A commit whose training steps the stream section measures "
                                                       "too, in a worktree of it: old and new side by side."),
+    minutes: Optional[float] = typer.Option(None, help="Training time of each workers configuration (default 2)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes of the workers section's cluster (default 2)."),
     threads: Optional[int] = typer.Option(None, help="TensorFlow intra- and inter-op threads, gensim workers "
                                                      "(default: the cores this process may use)."),
     precision: Optional[str] = typer.Option(None, help="Training precision: float32 (default), mixed_bfloat16, "
                                                        "mixed_float16."),
     data: Path = typer.Option(ROOT / "data" / "small_parallel_enja", help="Folder with train.ja, train.en, test.ja."),
-    run: Path = typer.Option(ROOT / "saved_models" / "enja", help="A trained run for the decode section."),
+    run: Path = typer.Option(ROOT / "saved_models" / "enja", help="A trained run for decode and export."),
     json_path: Path = json_option(ROOT / "benchmarks" / "results" / "speed.json"),
     markdown: bool = typer.Option(False, help="Print the Markdown section for BENCHMARKS.md instead of the table."),
     from_json: Optional[Path] = typer.Option(None, help="Print the report of an earlier run; measure nothing."),
@@ -189,14 +278,15 @@ def main(
                                                         "(default 600; --quick: 12)."),
     workdir: Optional[Path] = typer.Option(None, help="Scratch folder, kept afterwards (default: a temporary one)."),
 ):
-    """Measure training, decoding, word2vec and streaming speed and memory beside JoeyNMT."""
+    """Measure training, decoding, word2vec, streaming, export and multi-worker speed and memory beside JoeyNMT."""
     if from_json:
         results = json.loads(from_json.read_text(encoding="utf-8"))
         results["figures"] = report.figures(results)  # with the report's current rules
     else:
         sections = [name for name in SECTIONS if name in choose(only, SECTIONS, "section")]
         overrides = {k: v for k, v in dict(steps=steps, warmup=warmup, interval=interval, repeats=repeats,
-                                           threads=threads, precision=precision).items() if v is not None}
+                                           minutes=minutes, workers=workers, threads=threads,
+                                           precision=precision).items() if v is not None}
         if scales:
             overrides["scales"] = _scales(scales)
         settings = replace(Settings(**(QUICK if quick else {})), **overrides)
@@ -220,11 +310,8 @@ def main(
 
 
 def _scales(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
+    values = tuple(int(x) for x in text.split(",") if x.strip().isdigit())
+    if len(values) != len(text.split(",")) or min(values) < 1:
         raise ConfigError(f"--scales takes whole numbers >= 1 separated by commas; got {text!r}")
     return values
 

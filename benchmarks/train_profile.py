@@ -78,14 +78,11 @@ def main(
 
     keras.utils.set_random_seed(1)
     config = ModelConfig(cell=cell, embed_dim=embed, units=units, attention_units=units)
+    config.validate()  # `model.cell must be one of gru, lstm, lstm-peephole`, as cli.py says it
     model = build_model(config, vocab, vocab)
     train = TrainConfig()
     compile_for_training(model, train)
     loop = Loop(tf.distribute.get_strategy(), model, train.clip_norm, train.label_smoothing)
-
-    def loss_fn(target, logits):
-        total, tokens = token_loss(target, logits, train.label_smoothing)
-        return total / tokens
     rng = np.random.default_rng(1)
     b, s, t = batch, src_len, tgt_len
     src = tf.constant(rng.integers(4, vocab, (b, s)), tf.int32)
@@ -129,7 +126,8 @@ def main(
         embedded = model.dropout(model.tgt_embedding(tgt_in), training=True)
         proj = model.decoder_cell.project_inputs(embedded)
         logits = model.output_logits(hidden, contexts, embedded, training=True)
-        return loss_fn(tgt_out, logits) + 1e-9 * tf.reduce_sum(proj)
+        total, tokens = token_loss(tgt_out, logits, train.label_smoothing)
+        return total / tokens + 1e-9 * tf.reduce_sum(proj)
 
     weight = tf.constant(rng.standard_normal((embed, vocab)), tf.float32)
     rows = tf.constant(rng.standard_normal((b * t, embed)), tf.float32)
@@ -164,14 +162,12 @@ def main(
                          "runs_ms": [round(x * 1000, 2) for x in times[name]]} for name in parts},
         "target_tok_per_s": round(b * t / ms["step"] * 1000),
         "arithmetic_bound_tok_per_s": round(b * t / (work["step"] / peak / 1e6) * 1000),
+        "parts_sum_ms": round(ms["encoder"] + ms["recurrence"] + ms["output"], 2),
     }
-    figures["parts_sum_ms"] = round(ms["encoder"] + ms["recurrence"] + ms["output"], 2)
     print(f"batch {b} x source {s} x target {t} pieces, vocab {vocab}, embed {embed}, "
           f"{cell} {units}; medians of {rounds} rounds of {repeats} calls")
-    rows = []
-    for name, p in figures["parts"].items():
-        share = f"{ms[name] / ms['step']:.0%}" if name in ("encoder", "recurrence", "output") else ""
-        rows.append([name, f"{p['ms']:.2f}", share, f"{p['gflop']:.3f}", f"{p['gflop_per_s']:.1f}"])
+    rows = [[name, f"{p['ms']:.2f}", f"{ms[name] / ms['step']:.0%}" if name in ("encoder", "recurrence", "output")
+             else "", f"{p['gflop']:.3f}", f"{p['gflop_per_s']:.1f}"] for name, p in figures["parts"].items()]
     print("\n".join(table(["part", "ms", "share", "GFLOP", "GFLOP/s"], rows)))
     print(f"step: {figures['target_tok_per_s']:,} target tok/s; at {peak:.0f} GFLOP/s throughout: "
           f"{figures['arithmetic_bound_tok_per_s']:,}")

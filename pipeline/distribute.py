@@ -84,7 +84,7 @@ def is_chief(strat: tf.distribute.Strategy) -> bool:
 
 def loopback_hosts(n: int) -> list[str]:
     """`127.0.0.1:PORT` for n ports free now: a cluster of n workers on this machine (the tests'
-    and benchmarks/workers.py's)."""
+    and the workers section of benchmarks/speed.py)."""
     import socket
 
     sockets = [socket.socket() for _ in range(n)]

@@ -36,7 +36,7 @@ def test_markdown_table_and_section_update(tmp_path):
                                    "median_train_tok_per_s": 4000.0, "average": {"kept": True}},
                          "dev_curve": [{"epoch": 1, "elapsed_min": 4.0, "dev_bleu": 16.1, "tok_per_s": 4000}]}}
     section = quality.markdown(results)
-    assert "| ja-en | 31.0 | 35.0 |  | 50.0 | 33.30 (7) (averaged) | 9 | 10 | 4000 | 500 / 500 |" in section
+    assert "| ja-en | 31.0 | 35.0 |  | 50.0 | 33.30 (7) (averaged) | 9 | 10 | 4,000 | 500 / 500 |" in section
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# Benchmarks\n\nintro\n")
     quality.update_benchmarks_md(path, section)
@@ -78,15 +78,15 @@ def test_ablation_table_puts_the_default_first_epochs_above_the_rows():
 
 
 def test_job_list_with_commas_inside_names():
-    assert quality.job_names("en-ja,ja-en, LSTM, ja-en, 2 encoder layers") == [
+    assert quality.choose("en-ja,ja-en, LSTM, ja-en, 2 encoder layers", quality.ALL_JOBS, "job") == [
         "en-ja", "ja-en, LSTM", "ja-en, 2 encoder layers"]
     with pytest.raises(ConfigError, match="unknown job 'GRU'; valid jobs: ja-en; en-ja;"):
-        quality.job_names("ja-en, GRU")
+        quality.choose("ja-en, GRU", quality.ALL_JOBS, "job")
 
 
 def test_ensemble_job_needs_its_members_and_renders_a_row(tmp_path):
-    assert quality.job_names("en-ja, seed 2,en-ja, ensemble of 2 seeds") == ["en-ja, seed 2",
-                                                                           "en-ja, ensemble of 2 seeds"]
+    assert quality.choose("en-ja, seed 2,en-ja, ensemble of 2 seeds", quality.ALL_JOBS, "job") == [
+        "en-ja, seed 2", "en-ja, ensemble of 2 seeds"]
     members, _ = quality.ENSEMBLES["en-ja, ensemble of 2 seeds"]
     runs = [from_dict(PipelineConfig, quality.job_config(m, tmp_path, None)) for m in members]
     assert runs[0].run != runs[1].run and runs[0].train.seed != runs[1].train.seed

@@ -66,18 +66,69 @@ def test_quick_mode_measures_every_figure(toy_data, tiny_run, tmp_path):
     assert "training throughput" in proc.stdout and "QUICK MODE" in proc.stdout
 
 
-def test_decode_is_skipped_without_a_trained_run(toy_data, tmp_path):
+def test_export_and_workers_sections_in_quick_mode(toy_data, tiny_run, tmp_path):
+    pytest.importorskip("tensorflow_text")  # what the exported model needs
     out = tmp_path / "speed.json"
-    proc = speed("--quick", "--only", "decode", "--data", toy_data, "--run", tmp_path / "none", "--json", out)
+    proc = speed("--quick", "--only", "export,workers", "--data", toy_data, "--run", tiny_run.root, "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(out.read_text())["decode"]["skipped"].startswith(f"no trained run at {tmp_path / 'none'}")
-    assert "decode: skipped: no trained run" in proc.stdout
+    results = json.loads(out.read_text())
+    assert results["sections"] == ["export", "workers"] and "train" not in results
+
+    export = results["export"]
+    assert export["sentences"] == 30 and export["batch_size"] == 128 and export["repeats"] == 2
+    assert export["export"]["wall_s"] > 0 and export["import_s"] > 0 and export["load_s"] > 0
+    for name in ("greedy", "beam5"):
+        assert export[name]["lines_that_differ"] == 0  # the SavedModel writes what translate writes
+        assert export[name]["translate"]["wall_s"] > 0 and export[name]["translate"]["peak_rss_mib"] > 100
+        assert 0 < export[name]["steady_s"] and 0 < export[name]["first_pass_s"]
+
+    workers = results["workers"]
+    one, cluster = workers["one_process"], workers["cluster"]
+    assert one["tok_per_s"] > 0 and cluster["tok_per_s"] > 0 and cluster["workers"] == 2
+    assert workers["ratio"] == round(cluster["tok_per_s"] / one["tok_per_s"], 2)
+    assert cluster["threads_each"] == max(1, one["threads"] // 2) and len(cluster["peak_rss_mib"]) == 2
+    assert "| lines that differ" not in proc.stdout and "lines that differ" in proc.stdout
+    assert "2 workers on 127.0.0.1 (MultiWorkerMirroredStrategy)" in proc.stdout
+
+
+def test_decode_and_export_are_skipped_without_a_trained_run(toy_data, tmp_path):
+    out = tmp_path / "speed.json"
+    proc = speed("--quick", "--only", "decode,export", "--data", toy_data, "--run", tmp_path / "none", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    for name in ("decode", "export"):
+        assert results[name]["skipped"].startswith(f"no trained run at {tmp_path / 'none'}")
+        assert f"{name}: skipped: no trained run" in proc.stdout
+
+
+def test_export_and_workers_tables_from_their_figures():
+    results = {"about": {"date": "d", "commit": "c", "uncommitted_changes": False, "cpu": "cpu", "cpu_count": 2,
+                         "usable_cores": 2, "threads": {"intra_op": 2, "inter_op": 2}, "load_average_start": [0.1]},
+               "settings": {}, "figures": [],
+               "export": {"run": "R", "sentences": 500, "batch_size": 128, "repeats": 3, "export": {"wall_s": 18.0},
+                          "import_s": 4.8, "load_s": 1.1,
+                          "greedy": {"translate": {"wall_s": 10.5}, "first_pass_s": 1.55, "steady_s": 0.82,
+                                     "lines_that_differ": 0},
+                          "beam5": {"translate": {"wall_s": 14.0}, "first_pass_s": 4.0, "steady_s": 2.78,
+                                    "lines_that_differ": 2}},
+               "workers": {"minutes": 1.5, "one_process": {"tok_per_s": 2804.2, "threads": 2},
+                           "cluster": {"workers": 2, "threads_each": 1, "tok_per_s": 1122.0}, "ratio": 0.4}}
+    lines = report.render(results, markdown=True).splitlines()
+    assert ("| 500 test sentences | `cli.py translate`, whole process | exported, end to end (import + load + first "
+            "pass) | exported, steady (median of 3 passes) | lines that differ |") in lines
+    assert "| greedy | 47.6 sent/s (10.5 s) | 67.1 sent/s (7.5 s) | 610 sent/s | 0 |" in lines
+    assert "| beam 5 | 35.7 sent/s (14.0 s) | 50.5 sent/s (9.9 s) | 180 sent/s | 2 |" in lines
+    assert "| one process | 2 | 2,804 | 1.00 |" in lines
+    assert "| 2 workers on 127.0.0.1 (MultiWorkerMirroredStrategy) | 1 each | 1,122 | 0.40 |" in lines
+    assert any("`python cli.py export` 18.0 s" in line and "import 4.8 s, load 1.1 s" in line for line in lines)
+    assert any(line.startswith("- workers: 1.5 min of training each") for line in lines)
 
 
 def test_an_unknown_section_or_a_missing_corpus_is_one_line_and_exit_code_1(toy_data, tmp_path):
     proc = speed("--only", "train,speed", "--data", toy_data)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: unknown section 'speed'; valid sections: train, decode, w2v, stream"
+    assert proc.stderr.strip() == ("error: unknown section 'speed'; valid sections: train, decode, w2v, stream, "
+                                   "export, workers")
     proc = speed("--only", "train", "--data", tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-2:] == [
@@ -92,7 +143,9 @@ def test_interval_rates_skip_the_warmup_and_a_last_short_interval():
 
 
 def test_token_counts_replay_the_batches_the_loop_sees(tmp_path):
-    from pipeline.corpus import POOL, EncodedCorpus, ShardWriter, batches as corpus_batches
+    from pipeline.config import TrainConfig
+    from pipeline.corpus import EncodedCorpus, ShardWriter
+    from pipeline.train import TrainingData
 
     rng = np.random.default_rng(0)
     writer = ShardWriter(tmp_path)
@@ -101,16 +154,17 @@ def test_token_counts_replay_the_batches_the_loop_sees(tmp_path):
         writer.add(rng.integers(4, 50, n).tolist(), t)
     writer.close()
     corpus = EncodedCorpus(tmp_path)
+    data, config = TrainingData(corpus, corpus.pairs, dev=None), TrainConfig(batch_size=16, seed=3)
 
-    def batches():  # as benchmarks/measure.py makes them: seeded, repeated past the first epoch
-        return corpus_batches(corpus.pools(16 * POOL, seed=3), 16, 80, seed=3).repeat()
+    def batches():  # as benchmarks/measure.py makes them: train's own, repeated past the first epoch
+        return data.batches(0, config).repeat()
 
     first = [y for _, y in batches().take(20).as_numpy_iterator()]
     second = [y for _, y in batches().take(20).as_numpy_iterator()]
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     counts = batch_tokens(batches(), 20)
     assert counts == [int((y != PAD).sum()) for y in first]
-    epoch = len(list(corpus_batches(corpus.pools(16 * POOL, seed=3), 16, 80, seed=3)))
+    epoch = len(list(data.batches(0, config)))
     assert sum(counts[:epoch]) == sum(len(t) + 1 for t in tgt)  # every target piece and its </s>, once
 
 
