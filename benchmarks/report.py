@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench import ROOT, num, table
+from pipeline.errors import ConfigError
 
 PEER_README = "../shared/peer/README.md"
 # JoeyNMT 2.3.0 on this project's machine kind (2 cores), from ../shared/peer/README.md.
@@ -202,6 +203,8 @@ def _summary(results: dict[str, Any]) -> list[str]:
              f"{a.get('wall_s', 0):.0f} s in all."]
     if results["settings"].get("quick"):
         lines.append("QUICK MODE: tiny sizes and a tiny model, a smoke test; these figures say nothing about speed.")
+    elif why := not_of_record(results):
+        lines.append(f"NOT A RUN OF RECORD: {why}.")
     for name in SECTIONS:
         section = results.get(name) or {}
         lines += [f"{name}: {key}: {section[key]}" for key in ("skipped", "error") if key in section]
@@ -258,8 +261,26 @@ def _details(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+RECORD_LOAD = 0.5  # the most load average at the start that a run of record may have
+
+
+def not_of_record(results: dict[str, Any]) -> str | None:
+    """Why these figures may not go into BENCHMARKS.md as a run of record, if they may not."""
+    load = results["about"]["load_average_start"][0]
+    if results["settings"].get("quick"):
+        return "a --quick run is a smoke test"
+    if load > RECORD_LOAD:
+        return (f"the load average was {load:.2f} at the start, above {RECORD_LOAD}: other work shared the CPU "
+                "(wait for an idle machine, `uptime`)")
+    return None
+
+
 def render(results: dict[str, Any], markdown: bool = False) -> str:
-    """The figures as aligned plain text for a terminal, or as a section for BENCHMARKS.md."""
+    """The figures as aligned plain text for a terminal, or as a section for BENCHMARKS.md (only
+    for a run of record: see `not_of_record`)."""
+    if markdown and (why := not_of_record(results)):
+        raise ConfigError(f"not a run of record, no Markdown section: {why}",
+                          hint="the table without --markdown, and the JSON, have the figures")
     if markdown:
         out = ["## Speed and memory", "", "Measured by `python benchmarks/speed.py` (JSON: "
                f"`benchmarks/results/speed.json`). Peer: JoeyNMT 2.3.0 ({PEER_README}).", "",

@@ -295,9 +295,12 @@ def main(
             peer_steps = 3 * settings.interval if quick else 600
         if settings.quick:
             log.warning("quick mode: a smoke test on tiny sizes; its figures say nothing about speed")
-        if (load := os.getloadavg()[0]) > 0.5:
-            log.warning("load average %.1f on %d cores: other work shares the CPU, figures will be low",
-                        load, os.cpu_count())
+        if (load := os.getloadavg()[0]) > report.RECORD_LOAD:
+            log.warning("load average %.2f on %d cores: other work shares the CPU; the figures will be low and "
+                        "not a run of record (no --markdown section)", load, os.cpu_count())
+            if markdown:
+                raise ConfigError(f"the load average is {load:.2f}, above {report.RECORD_LOAD}: not measuring a "
+                                  "run of record", hint="wait for an idle machine (`uptime`), or drop --markdown")
         with tempfile.TemporaryDirectory(prefix="nmt-speed-") as scratch:
             folder = Path(workdir or scratch).resolve()
             folder.mkdir(parents=True, exist_ok=True)

@@ -170,7 +170,7 @@ def test_every_shipped_config_is_skipped_when_rerun_and_reruns_just_what_a_chang
                                                                                           shipped):
     """Each shipped config as it is (its sections, keys and values), its corpus files swapped for
     the toy corpus's by language and role, and tiny sizes given as overrides."""
-    from benchmarks.quality import to_toml
+    from benchmarks.bench import to_toml
     from pipeline.runner import run_pipeline
 
     config = tomllib.loads(shipped.read_text(encoding="utf-8"))

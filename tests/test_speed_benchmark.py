@@ -11,6 +11,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks.measure import batch_tokens, interval_rates
+from pipeline.errors import ConfigError
 from pipeline.tokenize import PAD
 from tests.conftest import ROOT, toy_pairs, write_corpus
 
@@ -122,6 +123,24 @@ def test_export_and_workers_tables_from_their_figures():
     assert "| 2 workers on 127.0.0.1 (MultiWorkerMirroredStrategy) | 1 each | 1,122 | 0.40 |" in lines
     assert any("`python cli.py export` 18.0 s" in line and "import 4.8 s, load 1.1 s" in line for line in lines)
     assert any(line.startswith("- workers: 1.5 min of training each") for line in lines)
+
+
+def test_a_run_under_load_or_quick_is_not_of_record_and_gets_no_markdown_section(tmp_path):
+    about = {"date": "d", "commit": "c", "uncommitted_changes": False, "cpu": "cpu", "cpu_count": 2,
+             "usable_cores": 2, "threads": {"intra_op": 2, "inter_op": 2}, "load_average_start": [0.3]}
+    idle = {"about": about, "settings": {}, "figures": []}
+    assert report.not_of_record(idle) is None and "## Speed and memory" in report.render(idle, markdown=True)
+    loaded = {**idle, "about": {**about, "load_average_start": [0.62]}}
+    assert "NOT A RUN OF RECORD: the load average was 0.62 at the start, above 0.5" in report.render(loaded)
+    with pytest.raises(ConfigError, match="not a run of record, no Markdown section: the load average was 0.62"):
+        report.render(loaded, markdown=True)
+    quick = {**idle, "settings": {"quick": True}}
+    with pytest.raises(ConfigError, match="a --quick run is a smoke test"):
+        report.render(quick, markdown=True)
+    saved = tmp_path / "speed.json"  # an earlier run's JSON is judged by its own start
+    saved.write_text(json.dumps(loaded))
+    proc = speed("--from-json", saved, "--markdown")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: not a run of record, no Markdown section")
 
 
 def test_an_unknown_section_or_a_missing_corpus_is_one_line_and_exit_code_1(toy_data, tmp_path):
