@@ -47,6 +47,7 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "ja-en, LSTM peephole": ("configs/enja.toml", {"model": {"cell": "lstm-peephole"}}, (1, 5)),
     "ja-en, 2 encoder layers": ("configs/enja.toml", {"model": {"layers": 2}}, (1, 5)),
     "ja-en, no label smoothing": ("configs/enja.toml", {"train": {"label_smoothing": 0.0}}, (1, 5)),
+    "ja-en, subword regularisation": ("configs/enja.toml", {"train": {"subword_alpha": 0.2}}, (1, 5)),
 }
 # name -> (member jobs, beams to evaluate): their runs' models ensembled at translate time; the
 # members are trained by their own jobs (which come first in the default order)
