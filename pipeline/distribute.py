@@ -57,8 +57,9 @@ def _make(name: str) -> tf.distribute.Strategy:
         name = "multiworker" if workers > 1 else "mirrored" if gpus > 1 else "one"
     if name == "one":
         return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+    if name == "mirrored":  # this host's GPUs; without GPUs, its CPU devices (one, unless split into logical ones)
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name != "multiworker":
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}; got {name!r}")
     if not workers:

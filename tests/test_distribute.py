@@ -124,3 +124,30 @@ def test_devices_says_whether_the_cpu_computes_bfloat16():
         "cpu": "Intel(R) Xeon(R) Platinum 8481C", "avx512": True, "avx512_bf16": True, "amx_bf16": True}
     avx2 = devices("model name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma\n")
     assert (avx2["cpu"], avx2["avx512_bf16"], avx2["amx_bf16"], avx2["gpus"]) == ("AMD EPYC", False, False, [])
+
+
+MIRRORED = """
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.argv = ["cli.py", *json.loads(sys.argv[1])]
+sys.path.insert(0, {root!r})
+import cli
+cli.app()
+"""
+
+
+def test_mirrored_on_two_devices_of_one_host_follows_the_loss_curve_of_one(tokenized, toy_corpus, tmp_path):
+    """MirroredStrategy as on a host with two GPUs, here on the CPU split into two logical
+    devices: the global batch is cut in two slices, one per replica, and the gradients summed."""
+    dev = ["--dev-src", str(toy_corpus["dev_src"]), "--dev-tgt", str(toy_corpus["dev_tgt"])]
+    mirrored_run, single_run = _copies(tokenized, tmp_path, ["mirrored", "single"])
+    env = {**os.environ, "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+    args = ["train", "--run", str(mirrored_run), "--strategy", "mirrored", *TRAIN, *dev]
+    proc = subprocess.run([sys.executable, "-c", MIRRORED.format(root=str(ROOT)), json.dumps(args)],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 replica(s)" in proc.stderr
+    _cli(["train", "--run", str(single_run), "--strategy", "one", *TRAIN, *dev], env=env)
+    assert _losses(mirrored_run) == pytest.approx(_losses(single_run), rel=2e-3)
