@@ -126,14 +126,17 @@ def best_within(run: Run, config: dict[str, Any], beams: tuple[int, ...], minute
     return result
 
 
-def test_scores(runs: list[Run], src: Any, ref: Any, tokenize: str, beams: tuple[int, ...]) -> dict[str, Any]:
-    """`python cli.py evaluate` of the runs (several: ensembled) by beam, greedy for beam 1."""
+def test_scores(runs: list[Run], src: Any, ref: Any, tokenize: str, beams: tuple[int, ...],
+                grouped: bool = False) -> dict[str, Any]:
+    """`python cli.py evaluate` of the runs (several: ensembled) by beam, greedy for beam 1;
+    `grouped`: each distinct source once, against all its references (`--group-references`)."""
     scores = {}
     for beam in beams:
         report = cli("evaluate", *[a for run in runs for a in ("--run", run.root)], "--src", src, "--ref", ref,
-                     "--tokenize", tokenize, "--json", *(["--greedy"] if beam == 1 else ["--beam", beam]))
+                     "--tokenize", tokenize, "--json", *(["--greedy"] if beam == 1 else ["--beam", beam]),
+                     *(["--group-references"] if grouped else []))
         scores[f"beam{beam}"] = {k: report[k] for k in ("bleu", "sacrebleu", "signature", "chrf", "decode_s",
-                                                        "sentences_per_s")}
+                                                        "sentences_per_s", "sentences")}
     return scores
 
 
@@ -168,14 +171,17 @@ def run_job(name: str, runs: Path, budget: float | None, minutes: float, previou
     seconds = {**previous.get("stage_seconds", {}),
                **{stage: info["seconds"] for stage, info in stages.items() if info["status"] == "ran"}}
     data, tokenize = config["data"], config["evaluate"]["tokenize"]
+    test = (data.get("test_src") or run.path("split", "test.src"),
+            data.get("test_tgt") or run.path("split", "test.tgt"))
     result: dict[str, Any] = {
         "config": str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
         "base": JOBS[name][0], "overrides": JOBS[name][1], "budget_min": budget, "epochs_cap": epochs,
         "stage_seconds": seconds, "train": run.manifest("train", needed_by="benchmarks/quality.py")["report"],
         "dev_curve": dev_curve(run),
-        "test": test_scores([run], data.get("test_src") or run.path("split", "test.src"),
-                            data.get("test_tgt") or run.path("split", "test.tgt"), tokenize, JOBS[name][2]),
+        "test": test_scores([run], *test, tokenize, JOBS[name][2]),
     }
+    if "split" in config:  # a test set cut by split: each source with all its translations, one line each
+        result["test_grouped"] = test_scores([run], *test, tokenize, JOBS[name][2], grouped=True)
     if name == "ja-en" and not epochs:
         if minutes:
             result["at_minutes"] = best_within(run, config, (1, 5), minutes=minutes)
@@ -203,6 +209,12 @@ def markdown(results: dict[str, Any]) -> str:
             out += ["", f"{name} after {a['minutes']:.0f} minutes of training: the best checkpoint by then (epoch "
                         f"{a['epoch']}, finished at {a['elapsed_min']} min, dev BLEU {a['dev_bleu']}) scores "
                         f"{a['beam1']['sacrebleu']} greedy, {a['beam5']['sacrebleu']} beam 5 on test."]
+        if g := r.get("test_grouped"):
+            one, every = r["test"]["beam5"], g["beam5"]
+            out += ["", f"{name} with every reference of a source sentence (`evaluate --group-references`): "
+                        f"{every['sacrebleu']} beam 5, {g['beam1']['sacrebleu']} greedy on {every['sentences']} "
+                        f"distinct sources (`{every['signature']}`), against {one['sacrebleu']} beam 5 line by "
+                        f"line, one reference each, on {one.get('sentences', '?')} lines."]
         if "dev_curve" in r:
             curve = ", ".join(f"{p['dev_bleu']} ({p['elapsed_min']:.0f}′)" for p in r["dev_curve"])
             out += ["", f"{name}, dev BLEU (greedy) by epoch (minutes since training began): {curve}"]
