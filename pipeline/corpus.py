@@ -178,10 +178,15 @@ class Resegmenter:
         self.seed, self.end, self.epochs, self.directory = seed, end, epochs, Path(directory)
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="resegment")
         self.pending: dict[int, Future] = {}
+        self.current: tuple[int, EncodedCorpus] | None = None
 
     def epoch(self, epoch: int) -> EncodedCorpus:
-        """Epoch `epoch`'s corpus, once made; starts making the next one's."""
+        """Epoch `epoch`'s corpus, once made; starts making the next one's. Asked again for the
+        same epoch (one input pipeline per replica), it gives the same corpus."""
+        if self.current and self.current[0] == epoch:
+            return self.current[1]
         made = (self.pending.pop(epoch, None) or self.worker.submit(self._write, epoch)).result()
+        self.current = (epoch, made)
         for old in self.directory.glob("epoch-*"):
             if old != made.directory:
                 shutil.rmtree(old, ignore_errors=True)

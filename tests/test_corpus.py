@@ -108,7 +108,9 @@ def test_resegmented_epochs_keep_the_text_and_are_seeded_by_epoch(tmp_path, toy_
 
     def epoch(number, folder, seed=1):
         resegmenter = Resegmenter(corpus, processors, 0.1, -1, seed, 1000, 3, tmp_path / folder)
-        pairs = [(s.tolist(), t.tolist()) for s, t in resegmenter.epoch(number).read()]
+        made = resegmenter.epoch(number)
+        assert resegmenter.epoch(number) is made  # asked twice (a pipeline per replica): made once
+        pairs = [(s.tolist(), t.tolist()) for s, t in made.read()]
         resegmenter.close()
         assert not (tmp_path / folder).exists()
         return pairs
