@@ -116,7 +116,14 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             "tokens_per_step": round(float(np.mean(tokens)), 1), "batch_size": config.batch_size,
             "train_pairs": corpus.pairs, "vocab": {side: processors[side].get_piece_size() for side in processors},
             "parameters": model.count_params(), "model": spec["model"], "precision": config.precision,
-            "threads": threads}
+            "threads": threads, "onednn": bool(onednn_enabled())}
+
+
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN kernels in this process (TF_ENABLE_ONEDNN_OPTS, or the CPU)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return _pywrap_util_port.IsMklEnabled()
 
 
 def batch_tokens(dataset, steps: int) -> list[int]:

@@ -23,6 +23,7 @@ PUBLISHED = {
 }
 PUBLISHED_LABEL = "published, same machine kind"
 GOALS = {"train": 2.0, "train_rss_gib": 3.0, "greedy": 2.0, "beam": 3.0, "word2vec": 0.5}
+CPU_FEATURES = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"}
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "sentencepiece", "gensim")
 SECTIONS = ("train", "decode", "w2v", "stream", "export", "workers", "peer")
 
@@ -39,6 +40,9 @@ def about(threads: int, env: dict[str, str]) -> dict[str, Any]:
         "uncommitted_changes": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "cpu": next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
                      if line.startswith("model name")), None),
+        # what the CPU computes natively: bfloat16 (AVX512-BF16, AMX) or not; the figures depend on it
+        "cpu_features": sorted(CPU_FEATURES & set(next((line.split(":", 1)[1].split() for line in _read(
+            "/proc/cpuinfo").splitlines() if line.startswith("flags")), []))),
         "cpu_count": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)),
         "threads": {"intra_op": threads, "inter_op": threads, "gensim_workers": threads,
@@ -193,11 +197,19 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str
     return out
 
 
+def _cpu(about: dict[str, Any]) -> str:
+    """The CPU's model, its vector features and whether it computes bfloat16 natively."""
+    if (features := about.get("cpu_features")) is None:  # a JSON from before they were recorded
+        return str(about["cpu"])
+    bf16 = "bfloat16 instructions" if {"avx512_bf16", "amx_bf16"} & set(features) else "no bfloat16 instructions"
+    return f"{about['cpu']} ({', '.join(features)}; {bf16})"
+
+
 def _summary(results: dict[str, Any]) -> list[str]:
     a = results["about"]
     threads = a["threads"]
     lines = [f"{a['date']}, commit {a['commit']}{' (with uncommitted changes)' if a['uncommitted_changes'] else ''}; "
-             f"{a['cpu']}, {a['cpu_count']} cores ({a['usable_cores']} usable); TensorFlow threads "
+             f"{_cpu(a)}, {a['cpu_count']} cores ({a['usable_cores']} usable); TensorFlow threads "
              f"intra-op {threads['intra_op']}, inter-op {threads['inter_op']}; load average "
              f"{a['load_average_start'][0]:.2f} at the start, {a.get('load_average_end', ['?'])[0]} at the end; "
              f"{a.get('wall_s', 0):.0f} s in all."]
@@ -223,7 +235,8 @@ def _details(results: dict[str, Any]) -> list[str]:
             f"{num(min(rates))}-{num(max(rates))} tok/s) after {train['warmup_steps']} warm-up steps; "
             f"{train['train_pairs']:,} pairs, batches of {train['batch_size']} sentences, "
             f"{train['tokens_per_step']:,.0f} target tokens a step; {train['parameters']:,} parameters (JoeyNMT's: "
-            f"4,978,688); {train.get('precision', 'float32')}; first step, tracing included, "
+            f"4,978,688); {train.get('precision', 'float32')}, TensorFlow's oneDNN "
+            f"{('off', 'on')[train['onednn']] if 'onednn' in train else 'not recorded'}; first step, tracing included, "
             f"{train['first_step_s']:.1f} s")
     decode = results.get("decode") or {}
     for name, d in decode.items():

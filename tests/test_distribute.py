@@ -119,7 +119,8 @@ def test_multiworker_needs_a_cluster_and_pipeline_refuses_one(tokenized, tmp_pat
 def test_devices_says_whether_the_cpu_computes_bfloat16():
     from pipeline.distribute import devices
 
-    amx = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n"
+    amx = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\n"
+           "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
     assert {k: devices(amx)[k] for k in ("cpu", "avx512", "avx512_bf16", "amx_bf16")} == {
         "cpu": "Intel(R) Xeon(R) Platinum 8481C", "avx512": True, "avx512_bf16": True, "amx_bf16": True}
     avx2 = devices("model name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma\n")

@@ -39,7 +39,8 @@ def test_markdown_table_and_section_update(tmp_path):
     assert "| ja-en | 31.0 | 35.0 |  | 50.0 | 33.30 (7) (averaged) | 9 | 10 | 4,000 | 500 / 500 |" in section
     grouped = {f"beam{b}": {**test[f"beam{b}"], "sacrebleu": 40.0 + b, "signature": "nrefs:var|tok:13a",
                             "sentences": 500} for b in (1, 5)}
-    tatoeba = {**results["ja-en"], "test": {b: {**t, "sentences": 812} for b, t in test.items()}, "test_grouped": grouped}
+    tatoeba = {**results["ja-en"], "test": {b: {**t, "sentences": 812} for b, t in test.items()},
+               "test_grouped": grouped}
     assert ("tatoeba ja-en with every reference of a source sentence (`evaluate --group-references`): 45.0 beam 5, "
             "41.0 greedy on 500 distinct sources (`nrefs:var|tok:13a`), against 35.0 beam 5 line by line, one "
             "reference each, on 812 lines.") in quality.markdown({"tatoeba ja-en": tatoeba})
