@@ -23,7 +23,6 @@ from pipeline.errors import ConfigError, PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as cli.py sets it, before TensorFlow loads
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as pipeline/__init__.py does
 log = logging.getLogger("benchmarks")
 SRC, TGT = "ja", "en"
 DOWNLOAD_HINT = "python cli.py download small_parallel_enja --from ../shared/data/small_parallel_enja"

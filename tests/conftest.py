@@ -8,8 +8,7 @@ import os
 import random
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as cli.py does
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as pipeline/__init__.py does, before any test imports TF
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as cli.py does; oneDNN on, as there
 
 import pytest
 

@@ -202,15 +202,3 @@ def test_translate_is_a_live_filter_answering_each_line_before_the_next_is_sent(
 def test_format_is_a_choice_too(tmp_path):
     proc = cli("translate", "--run", tmp_path / "r", "--format", "xml", check=False)
     assert proc.returncode == 2 and "'xml' is not one of 'text', 'jsonl'" in proc.stderr
-
-
-def test_onednn_is_on_whatever_the_cpu_unless_the_user_turns_it_off():
-    """TensorFlow turns oneDNN on by itself only on AVX512 CPUs; importing the package turns it on
-    everywhere (pipeline/__init__.py), before TensorFlow loads."""
-    probe = ("import pipeline, tensorflow; from tensorflow.python.util import _pywrap_util_port as port; "
-             "print(port.IsMklEnabled())")
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    for setting, enabled in ((None, "True"), ("0", "False")):
-        run_env = env if setting is None else {**env, "TF_ENABLE_ONEDNN_OPTS": setting}
-        proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=run_env)
-        assert proc.stdout.strip() == enabled, proc.stderr[-2000:]
