@@ -20,8 +20,10 @@ from typing import Any, Callable, Optional
 
 # TensorFlow's C++ log lines are noise on stderr, where batch scripts read our errors; its real
 # failures reach us as Python exceptions. Level 3 silences even its ERROR lines (with oneDNN on,
-# one says DT_BOOL falls back to Eigen). oneDNN stays on, TensorFlow's default: training ran
-# 1.31-1.53x faster with it in alternating processes here (BENCHMARKS.md, "oneDNN").
+# one says DT_BOOL falls back to Eigen). oneDNN is left to TensorFlow's default: on for CPUs with
+# AVX512 features, where training ran 1.31-1.53x faster with it, off on AVX2-only ones, where
+# turning it on measured no faster on idle cores (BENCHMARKS.md, "oneDNN"); TF_ENABLE_ONEDNN_OPTS
+# set by the user wins either way.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 TF_FREE_COMMANDS = {"split", "tokenize", "download"}  # those that never load TensorFlow
 STARTUP_NOTICES = (b"oneDNN custom operations are on", b"before absl::InitializeLog() is called")

@@ -8,7 +8,7 @@ import os
 import random
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as cli.py does; oneDNN on, as there
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as cli.py does; oneDNN as TensorFlow decides, as there
 
 import pytest
 
