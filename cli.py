@@ -345,8 +345,9 @@ def evaluate(
     ctx: typer.Context,
     run: list[str] = RunsOpt,
     src: Path = typer.Option(..., help="Test source text."),
-    ref: list[Path] = typer.Option(..., help="Reference translations, line-aligned with --src; --ref again for "
-                                             "more references of the same lines (an empty line: none there)."),
+    ref: list[Path] = typer.Option(..., metavar="FILE",
+                                   help="Reference translations, line-aligned with --src; --ref again for more "
+                                        "references of the same lines (an empty line: none there)."),
     greedy: bool = GreedyOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the whole report (with hypotheses) as JSON."),
     *, decode: DecodeConfig, config: EvaluateConfig,
