@@ -219,7 +219,7 @@ def test_tensorboard_gets_the_curves(tmp_path, toy_corpus):
 def test_subword_regularisation_trains_on_sampled_segmentations_and_resumes_exactly(tmp_path, toy_corpus,
                                                                                     monkeypatch):
     """The same seed gives the same segmentations per epoch: a resumed training ends with the
-    weights of an uninterrupted one, and both differ from training on the best segmentation."""
+    weights of an uninterrupted one."""
     run = _tokenized(tmp_path, toy_corpus)
     dev = dict(dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
     sampled = TrainConfig(epochs=2, batch_size=64, patience=10, average_checkpoints=0, subword_alpha=0.1)
@@ -243,8 +243,7 @@ def test_subword_regularisation_trains_on_sampled_segmentations_and_resumes_exac
     monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", original)
     for a, b in zip(weights(sampled, resume=True), uninterrupted, strict=True):
         np.testing.assert_array_equal(a, b)
-    plain = weights(TrainConfig(epochs=2, batch_size=64, patience=10, average_checkpoints=0))
-    assert any(not np.array_equal(a, b) for a, b in zip(plain, uninterrupted))
+    # that the sampled segmentations differ from the best one: tests/test_corpus.py
 
 
 def test_subword_nbest_must_allow_a_choice():
