@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 
 import keras
@@ -92,6 +93,23 @@ def _tokenized(tmp_path, toy_corpus) -> Run:
     return run
 
 
+@contextlib.contextmanager
+def _interrupted_at_epoch(number: int, monkeypatch):
+    """Training raises KeyboardInterrupt as epoch `number` (from 0) begins, within the block."""
+    original = train_module.EpochLog.on_epoch_begin
+
+    def interrupt(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == number:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", interrupt)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", original)
+
+
 def test_same_seed_same_weights(tmp_path, toy_corpus):
     run = _tokenized(tmp_path, toy_corpus)
     weights = []
@@ -108,18 +126,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, toy_corpus, monke
     run = _tokenized(tmp_path, toy_corpus)
     config = TrainConfig(epochs=3, batch_size=64, patience=10)
     dev = dict(dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
-    original = train_module.EpochLog.on_epoch_begin
-
-    def interrupt_in_third_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", interrupt_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with _interrupted_at_epoch(2, monkeypatch), pytest.raises(KeyboardInterrupt):
         train(run, ModelConfig(**TINY_MODEL), config, **dev)
     assert not run.has("train")  # an interrupted stage does not look finished
-    monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", original)
 
     report = train(run, ModelConfig(**TINY_MODEL), config, resume=True, **dev)
     assert run.has("train")
@@ -230,17 +239,8 @@ def test_subword_regularisation_trains_on_sampled_segmentations_and_resumes_exac
         return keras.saving.load_model(run.path("train", "model.keras"), compile=False).get_weights()
 
     uninterrupted = weights(sampled)
-    original = train_module.EpochLog.on_epoch_begin
-
-    def interrupt_in_second_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", interrupt_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with _interrupted_at_epoch(1, monkeypatch), pytest.raises(KeyboardInterrupt):
         train(run, ModelConfig(**TINY_MODEL), sampled, resume=False, **dev)
-    monkeypatch.setattr(train_module.EpochLog, "on_epoch_begin", original)
     for a, b in zip(weights(sampled, resume=True), uninterrupted, strict=True):
         np.testing.assert_array_equal(a, b)
     # that the sampled segmentations differ from the best one: tests/test_corpus.py
