@@ -42,6 +42,8 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "en-ja": ("configs/en2ja.toml", {}, (1, 5)),
     "en-ja, seed 2": ("configs/en2ja.toml", {"train": {"seed": 2}}, (1, 5)),
     "tatoeba ja-en": ("configs/tatoeba_jaen.toml", {}, (1, 5)),
+    "tatoeba ja-en, dropout 0.3": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}}, (1, 5)),
+    "tatoeba ja-en, subword regularisation": ("configs/tatoeba_jaen.toml", {"train": {"subword_alpha": 0.1}}, (1, 5)),
     "ja-en, random embeddings": ("configs/enja.toml", {"train": {"pretrained": False}}, (1, 5)),
     "ja-en, LSTM": ("configs/enja.toml", {"model": {"cell": "lstm"}}, (1, 5)),
     "ja-en, LSTM peephole": ("configs/enja.toml", {"model": {"cell": "lstm-peephole"}}, (1, 5)),
