@@ -10,6 +10,7 @@ Decoder step t (Bahdanau et al. 2015, with a Luong-style readout):
 Training runs the recurrence with teacher forcing in one `tf.scan`; everything that does not
 depend on s_{t-1} (the embedding half of the cell's input projection, the attention keys, the
 readout and the vocabulary projection) is computed for all positions at once outside the loop.
+The encoder's loop, `bidirectional_recurrence`, likewise projects its inputs before the loop.
 `decode_step` is the same recurrence for one step, used by greedy, beam and sampling search.
 """
 
@@ -127,17 +128,10 @@ class DecoderCell(keras.layers.Layer):
         h = state[0]
         recurrent = ops.matmul(h, self.w_recurrent) + self.b_recurrent
         if self.cell == "gru":
-            x_z, x_r, x_n = ops.split(x, 3, axis=-1)
-            h_z, h_r, h_n = ops.split(recurrent, 3, axis=-1)
-            z = ops.sigmoid(x_z + h_z)
-            r = ops.sigmoid(x_r + h_r)
-            n = ops.tanh(x_n + r * h_n)
-            return ((1.0 - z) * n + z * h,)
+            return _gru_gates(x, recurrent, h)
         if self.cell == "lstm-peephole":
             return peephole_lstm(x + recurrent, state[1], self.peephole)
-        i, f, g, o = ops.split(x + recurrent, 4, axis=-1)
-        c = ops.sigmoid(f) * state[1] + ops.sigmoid(i) * ops.tanh(g)
-        return (ops.sigmoid(o) * ops.tanh(c), c)
+        return _lstm_gates(x + recurrent, state[1])
 
     def get_config(self):
         return {**super().get_config(), "cell": self.cell, "units": self.units}
@@ -189,8 +183,11 @@ class Seq2Seq(keras.Model):
         for i, layer in enumerate(self.encoder_layers):
             if i > 0:
                 x = self.dropout(x, training=training)
-            outputs = layer(x, mask=mask, training=training)
-            x, states = outputs[0], outputs[1:]
+            if self.cell_type == "lstm-peephole" or not layer.built or tf.config.list_logical_devices("GPU"):
+                outputs = layer(x, mask=mask, training=training)  # builds the layer; cuDNN on a GPU
+                x, states = outputs[0], outputs[1:]
+            else:
+                x, states = bidirectional_recurrence(self.cell_type, layer, x, mask)
         # states: [h_fwd, h_bwd] (GRU) or [h_fwd, c_fwd, h_bwd, c_bwd] (LSTM)
         h_fwd, h_bwd = states[0], states[len(states) // 2]
         h0 = self.bridge(ops.concatenate([h_fwd, h_bwd], axis=-1))  # s_0 = tanh(W_s [→h; ←h])
@@ -272,8 +269,67 @@ class Seq2Seq(keras.Model):
         }
 
 
+def bidirectional_recurrence(cell: str, layer, x, mask):
+    """A Bidirectional Keras GRU or LSTM layer on its own weights: what `layer(x, mask=mask)`
+    computes, with the input projections W x_t + b of every time step done before the loop.
+
+    Keras's CPU loop (cuDNN takes over on a GPU) multiplies each step's input inside the loop,
+    T small matmuls forward and again backward; here they are one matmul over (batch·T,
+    input_dim) per direction, as the decoder does, and each step is left with U h_{t-1}.
+
+    x (batch, T, input_dim), mask (batch, T) bool -> outputs (batch, T, 2*units), the forward
+    outputs before the backward ones, and the final states [h_fwd(, c_fwd), h_bwd(, c_bwd)], as
+    Keras returns them. On padding the state stays as it was and the output is 0; the backward
+    direction runs over the reversed padded sequence, as Keras's `go_backwards` does.
+    """
+    real = ops.transpose(ops.cast(mask, "bool"), (1, 0))[:, :, None]  # (T, batch, 1)
+    outputs, states = [], []
+    for rnn, backwards in ((layer.forward_layer, False), (layer.backward_layer, True)):
+        weights = rnn.cell
+        if cell == "gru":  # reset-after, Keras's default: the bias is (input, recurrent)
+            input_bias, recurrent_bias = weights.bias[0], _as(weights.bias[1], x)
+        else:
+            input_bias, recurrent_bias = weights.bias, 0.0
+        projected = ops.matmul(x, _as(weights.kernel, x)) + _as(input_bias, x)
+        time_major, real_t = ops.transpose(projected, (1, 0, 2)), real  # (T, batch, gates*units)
+        if backwards:
+            time_major, real_t = ops.flip(time_major, 0), ops.flip(real, 0)
+        recurrent_kernel = _as(weights.recurrent_kernel, x)
+
+        def step(state, inputs, recurrent_kernel=recurrent_kernel, recurrent_bias=recurrent_bias):
+            x_t, real_t = inputs
+            recurrent = ops.matmul(state[0], recurrent_kernel) + recurrent_bias
+            new = _gru_gates(x_t, recurrent, state[0]) if cell == "gru" else _lstm_gates(x_t + recurrent, state[1])
+            return [ops.where(real_t, n, old) for n, old in zip(new, state)]
+
+        zeros = ops.zeros((ops.shape(x)[0], weights.units), dtype=x.dtype)
+        initial = [zeros] if cell == "gru" else [zeros, zeros]
+        steps = tf.scan(step, (time_major, real_t), initializer=initial)  # each (T, batch, units)
+        out = ops.where(real_t, steps[0], ops.zeros_like(steps[0]))
+        outputs.append(ops.flip(out, 0) if backwards else out)
+        states += [s[-1] for s in steps]
+    return ops.transpose(ops.concatenate(outputs, axis=-1), (1, 0, 2)), states
+
+
+def _gru_gates(x, recurrent, h):
+    """Keras's reset-after GRU: x and recurrent (..., 3*units) in the order z, r, h."""
+    x_z, x_r, x_h = ops.split(x, 3, axis=-1)
+    h_z, h_r, h_h = ops.split(recurrent, 3, axis=-1)
+    z = ops.sigmoid(x_z + h_z)
+    r = ops.sigmoid(x_r + h_r)
+    return (z * h + (1.0 - z) * ops.tanh(x_h + r * h_h),)  # Keras's convention: z keeps the old state
+
+
+def _lstm_gates(z, c):
+    """Keras's LSTM: z (..., 4*units) in the order i, f, g, o."""
+    i, f, g, o = ops.split(z, 4, axis=-1)
+    c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(g)
+    return (ops.sigmoid(o) * ops.tanh(c), c)
+
+
 def _encoder_rnn(cell: str, units: int) -> keras.layers.Layer:
-    """One direction of an encoder layer; Keras's GRU and LSTM run on cuDNN on a GPU."""
+    """One direction of an encoder layer. The GRU and LSTM layers hold the weights; on a CPU
+    `bidirectional_recurrence` runs them, on a GPU Keras does (with cuDNN)."""
     if cell == "lstm-peephole":
         return keras.layers.RNN(PeepholeLSTMCell(units), return_sequences=True, return_state=True)
     rnn = keras.layers.GRU if cell == "gru" else keras.layers.LSTM

@@ -5,10 +5,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline.attention import BahdanauAttention
 from pipeline.config import ModelConfig
-from pipeline.model import build_model
+from pipeline.model import bidirectional_recurrence, build_model
 from pipeline.vocab import PAD
 
 
@@ -68,6 +69,26 @@ def test_source_padding_does_not_change_the_output():
     short = model((src[1:2, :4], tgt[1:2]))
     padded = model((src[1:2], tgt[1:2]))  # same sentence with 3 pads
     np.testing.assert_allclose(np.asarray(short), np.asarray(padded), atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_the_encoder_loop_computes_what_the_keras_layer_does(cell):
+    """`bidirectional_recurrence` (the input projections before the loop) gives the outputs, final
+    states and gradients of Keras's own Bidirectional layer on the same weights, with padding."""
+    model = build_model(ModelConfig(cell=cell, embed_dim=16, units=12, attention_units=10), 50, 40)
+    src, _ = _batch(np.random.default_rng(0))
+    layer = model.encoder_layers[0]
+    x, mask = model.src_embedding(src), src != PAD
+    with tf.GradientTape(persistent=True) as tape:
+        theirs = layer(x, mask=mask)
+        outputs, states = bidirectional_recurrence(cell, layer, x, mask)
+        ours = [outputs, *states]
+        losses = [sum(tf.reduce_sum(t * t) for t in side) for side in (theirs, ours)]
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    for a, b in zip(*(tape.gradient(loss, layer.trainable_weights) for loss in reversed(losses))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
 def test_decode_step_matches_teacher_forcing():
