@@ -44,6 +44,9 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "tatoeba ja-en": ("configs/tatoeba_jaen.toml", {}, (1, 5)),
     "tatoeba ja-en, dropout 0.3": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}}, (1, 5)),
     "tatoeba ja-en, subword regularisation": ("configs/tatoeba_jaen.toml", {"train": {"subword_alpha": 0.1}}, (1, 5)),
+    # Sennrich and Zhang 2019's advice for small corpora: fewer pieces, more dropout
+    "tatoeba ja-en, 2000 pieces, dropout 0.3": ("configs/tatoeba_jaen.toml", {"tokenize": {"vocab_size": 2000},
+                                                                           "model": {"dropout": 0.3}}, (1, 5)),
     "ja-en, random embeddings": ("configs/enja.toml", {"train": {"pretrained": False}}, (1, 5)),
     "ja-en, LSTM": ("configs/enja.toml", {"model": {"cell": "lstm"}}, (1, 5)),
     "ja-en, LSTM peephole": ("configs/enja.toml", {"model": {"cell": "lstm-peephole"}}, (1, 5)),
