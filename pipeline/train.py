@@ -46,9 +46,9 @@ DEV_HOLDOUT = 500  # pairs held out of the training data when no dev set is give
 
 
 def compile_for_training(model: Seq2Seq, config: TrainConfig) -> None:
-    """Give `model` the optimizer `train` steps it with: Adam (the loop clips the gradients by
-    their global norm, `pipeline.distribute.Loop`). benchmarks/speed.py times this same step."""
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), jit_compile=False)
+    """Give `model` the optimizer `train` steps it with: Adam, fused (the loop clips the gradients
+    by their global norm, `pipeline.distribute.Loop`). benchmarks/speed.py times this same step."""
+    model.compile(optimizer=distribute.Adam(config.learning_rate), jit_compile=False)
     model.optimizer.build(model.trainable_variables)
 
 
