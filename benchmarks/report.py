@@ -51,7 +51,25 @@ def about(threads: int, env: dict[str, str]) -> dict[str, Any]:
         "environment": {k: env.get(k) for k in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")},
         "versions": versions,
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "cpu_times_start": cpu_times(),
     }
+
+
+def cpu_times() -> dict[str, int]:
+    """The machine's CPU time so far (/proc/stat, in clock ticks): all of it, and the part stolen by
+    the hypervisor for other guests, which no load average shows."""
+    fields = next((line.split()[1:] for line in _read("/proc/stat").splitlines() if line.startswith("cpu ")), [])
+    ticks = [int(x) for x in fields[:8]]
+    return {"total": sum(ticks), "steal": ticks[7]} if len(ticks) == 8 else {}
+
+
+def steal_share(about: dict[str, Any]) -> float | None:
+    """The share of the CPU time between the start and the end of a run that the hypervisor gave
+    to other guests: a figure taken while it is high is not this machine's speed."""
+    start, end = about.get("cpu_times_start") or {}, about.get("cpu_times_end") or {}
+    if not (start and end) or end["total"] <= start["total"]:
+        return None
+    return (end["steal"] - start["steal"]) / (end["total"] - start["total"])
 
 
 def _git(*args: str) -> str | None:
@@ -212,7 +230,8 @@ def _summary(results: dict[str, Any]) -> list[str]:
              f"{_cpu(a)}, {a['cpu_count']} cores ({a['usable_cores']} usable); TensorFlow threads "
              f"intra-op {threads['intra_op']}, inter-op {threads['inter_op']}; load average "
              f"{a['load_average_start'][0]:.2f} at the start, {a.get('load_average_end', ['?'])[0]} at the end; "
-             f"{a.get('wall_s', 0):.0f} s in all."]
+             f"{a.get('wall_s', 0):.0f} s in all"
+             + ("." if (steal := steal_share(a)) is None else f"; {steal:.0%} of the CPU time stolen by the hypervisor.")]
     if results["settings"].get("quick"):
         lines.append("QUICK MODE: tiny sizes and a tiny model, a smoke test; these figures say nothing about speed.")
     elif why := not_of_record(results):
@@ -275,6 +294,7 @@ def _details(results: dict[str, Any]) -> list[str]:
 
 
 RECORD_LOAD = 0.5  # the most load average at the start that a run of record may have
+RECORD_STEAL = 0.1  # the most CPU time stolen by the hypervisor during a run of record
 
 
 def not_of_record(results: dict[str, Any]) -> str | None:
@@ -285,6 +305,9 @@ def not_of_record(results: dict[str, Any]) -> str | None:
     if load > RECORD_LOAD:
         return (f"the load average was {load:.2f} at the start, above {RECORD_LOAD}: other work shared the CPU "
                 "(wait for an idle machine, `uptime`)")
+    if (steal := steal_share(results["about"])) is not None and steal > RECORD_STEAL:
+        return (f"the hypervisor gave {steal:.0%} of the CPU time to other guests during the run, above "
+                f"{RECORD_STEAL:.0%} (`top`'s st): the machine was not this project's alone")
     return None
 
 

@@ -247,6 +247,7 @@ def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, wo
             log.error("%s: %s", name, e.message)
             results[name] = {"error": e.message}
     results["about"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["about"]["cpu_times_end"] = report.cpu_times()
     results["about"]["wall_s"] = round(time.perf_counter() - started, 1)
     results["figures"] = report.figures(results)
     return results

@@ -127,7 +127,7 @@ def test_export_and_workers_tables_from_their_figures():
     assert any(line.startswith("- workers: 1.5 min of training each") for line in lines)
 
 
-def test_a_run_under_load_or_quick_is_not_of_record_and_gets_no_markdown_section(tmp_path):
+def test_a_run_under_load_or_steal_or_quick_is_not_of_record_and_gets_no_markdown_section(tmp_path):
     about = {"date": "d", "commit": "c", "uncommitted_changes": False, "cpu": "cpu", "cpu_count": 2,
              "usable_cores": 2, "threads": {"intra_op": 2, "inter_op": 2}, "load_average_start": [0.3]}
     idle = {"about": about, "settings": {}, "figures": []}
@@ -136,6 +136,10 @@ def test_a_run_under_load_or_quick_is_not_of_record_and_gets_no_markdown_section
     assert "NOT A RUN OF RECORD: the load average was 0.62 at the start, above 0.5" in report.render(loaded)
     with pytest.raises(ConfigError, match="not a run of record, no Markdown section: the load average was 0.62"):
         report.render(loaded, markdown=True)
+    stolen = {**idle, "about": {**about, "cpu_times_start": {"total": 1000, "steal": 100},
+                                "cpu_times_end": {"total": 3000, "steal": 700}}}
+    assert "30% of the CPU time stolen by the hypervisor" in report.render(stolen)
+    assert "NOT A RUN OF RECORD: the hypervisor gave 30% of the CPU time to other guests" in report.render(stolen)
     quick = {**idle, "settings": {"quick": True}}
     with pytest.raises(ConfigError, match="a --quick run is a smoke test"):
         report.render(quick, markdown=True)
