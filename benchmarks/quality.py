@@ -34,6 +34,7 @@ import typer  # noqa: E402
 
 from benchmarks.bench import ROOT, child, choose, command, json_option, log, num, table, to_toml  # noqa: E402
 from pipeline.artifacts import Run, write_json_atomic  # noqa: E402
+from pipeline.config import PipelineConfig, from_dict  # noqa: E402
 from pipeline.errors import ConfigError, StageError  # noqa: E402
 
 # name -> (base config, overrides by section, beams to evaluate)
@@ -44,9 +45,6 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "tatoeba ja-en": ("configs/tatoeba_jaen.toml", {}, (1, 5)),
     "tatoeba ja-en, dropout 0.3": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}}, (1, 5)),
     "tatoeba ja-en, subword regularisation": ("configs/tatoeba_jaen.toml", {"train": {"subword_alpha": 0.1}}, (1, 5)),
-    # Sennrich and Zhang 2019's advice for small corpora: fewer pieces, more dropout
-    "tatoeba ja-en, 2000 pieces, dropout 0.3": ("configs/tatoeba_jaen.toml", {"tokenize": {"vocab_size": 2000},
-                                                                           "model": {"dropout": 0.3}}, (1, 5)),
     "ja-en, random embeddings": ("configs/enja.toml", {"train": {"pretrained": False}}, (1, 5)),
     "ja-en, LSTM": ("configs/enja.toml", {"model": {"cell": "lstm"}}, (1, 5)),
     "ja-en, LSTM peephole": ("configs/enja.toml", {"model": {"cell": "lstm-peephole"}}, (1, 5)),
@@ -70,6 +68,11 @@ def slug(name: str) -> str:
 def label(name: str, epochs: int | None) -> str:
     """The key of a job's results: its name, and the epoch cap when there is one."""
     return f"{name}, {epochs} epochs" if epochs else name
+
+
+def pipeline_config(values: dict[str, Any]) -> PipelineConfig:
+    """A job's TOML values as the pipeline reads them, the defaults filled in."""
+    return from_dict(PipelineConfig, values)
 
 
 def job_config(name: str, runs: Path, budget: float | None, epochs: int | None = None) -> dict[str, Any]:
@@ -153,9 +156,10 @@ def run_ensemble(name: str, runs: Path, results: dict[str, Any], epochs: int | N
     for member, run in zip(members, member_runs):
         if not run.has("train"):
             raise StageError(f"{name} needs the run of job {member!r} ({run.root}); train that job first")
-    data, tokenize = configs[0]["data"], configs[0]["evaluate"]["tokenize"]
+    config = pipeline_config(configs[0])
     return {"members": list(members), "epochs_cap": epochs,
-            "test": test_scores(member_runs, data["test_src"], data["test_tgt"], tokenize, beams),
+            "test": test_scores(member_runs, config.data.test_src, config.data.test_tgt, config.evaluate.tokenize,
+                                beams),
             "train_min": sum(results.get(label(m, epochs), {}).get("stage_seconds", {}).get("train", 0)
                              for m in members) / 60,
             "date": time.strftime("%Y-%m-%d")}
@@ -175,9 +179,10 @@ def run_job(name: str, runs: Path, budget: float | None, minutes: float, previou
         stages = cli("pipeline", "--config", config_path)["stages"]
     seconds = {**previous.get("stage_seconds", {}),
                **{stage: info["seconds"] for stage, info in stages.items() if info["status"] == "ran"}}
-    data, tokenize = config["data"], config["evaluate"]["tokenize"]
-    test = (data.get("test_src") or run.path("split", "test.src"),
-            data.get("test_tgt") or run.path("split", "test.tgt"))
+    settings = pipeline_config(config)  # with the defaults the job's TOML leaves out
+    tokenize = settings.evaluate.tokenize
+    test = (settings.data.test_src or run.path("split", "test.src"),
+            settings.data.test_tgt or run.path("split", "test.tgt"))
     result: dict[str, Any] = {
         "config": str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
         "base": JOBS[name][0], "overrides": JOBS[name][1], "budget_min": budget, "epochs_cap": epochs,

@@ -26,6 +26,9 @@ def test_every_job_writes_a_valid_pipeline_config(tmp_path):
         assert pipeline.train.time_budget == 40 and pipeline.run.startswith(str(tmp_path))
     lstm = from_dict(PipelineConfig, quality.job_config("ja-en, LSTM", tmp_path, None))
     assert lstm.model.cell == "lstm" and lstm.train.time_budget == 0
+    # a shipped config holds only what differs from the defaults: run_job reads it with them
+    tatoeba = quality.job_config("tatoeba ja-en", tmp_path, None)
+    assert "evaluate" not in tatoeba and quality.pipeline_config(tatoeba).evaluate.tokenize == "13a"
 
 
 def test_markdown_table_and_section_update(tmp_path):
