@@ -252,7 +252,8 @@ def full_row(name: str, r: dict[str, Any]) -> list[str]:
     if train is None:
         return [f"{name} ({' + '.join(r['members'])})", *bleu, "", "", f"{r['train_min']:.0f} (members)", "", speed]
     avg = " (averaged)" if (train.get("average") or {}).get("kept") else ""
-    return [name, *bleu, f"{train['best_dev_bleu']:.2f} ({train['best_epoch']}){avg}", train["epochs_run"],
+    epochs = train.get("epochs", train["epochs_run"])  # all of them; epochs_run: those of the last (resumed) call
+    return [name, *bleu, f"{train['best_dev_bleu']:.2f} ({train['best_epoch']}){avg}", epochs,
             f"{r['stage_seconds'].get('train', train['wall_s']) / 60:.0f}",
             num(train["median_train_tok_per_s"]), speed]
 
