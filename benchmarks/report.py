@@ -231,7 +231,8 @@ def _summary(results: dict[str, Any]) -> list[str]:
              f"intra-op {threads['intra_op']}, inter-op {threads['inter_op']}; load average "
              f"{a['load_average_start'][0]:.2f} at the start, {a.get('load_average_end', ['?'])[0]} at the end; "
              f"{a.get('wall_s', 0):.0f} s in all"
-             + ("." if (steal := steal_share(a)) is None else f"; {steal:.0%} of the CPU time stolen by the hypervisor.")]
+             + ("." if (steal := steal_share(a)) is None
+                else f"; {steal:.0%} of the CPU time stolen by the hypervisor.")]
     if results["settings"].get("quick"):
         lines.append("QUICK MODE: tiny sizes and a tiny model, a smoke test; these figures say nothing about speed.")
     elif why := not_of_record(results):

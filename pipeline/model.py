@@ -291,9 +291,9 @@ def bidirectional_recurrence(cell: str, layer, x, mask):
         else:
             input_bias, recurrent_bias = weights.bias, 0.0
         projected = ops.matmul(x, _as(weights.kernel, x)) + _as(input_bias, x)
-        time_major, real_t = ops.transpose(projected, (1, 0, 2)), real  # (T, batch, gates*units)
+        time_major, real_in_order = ops.transpose(projected, (1, 0, 2)), real  # (T, batch, gates*units)
         if backwards:
-            time_major, real_t = ops.flip(time_major, 0), ops.flip(real, 0)
+            time_major, real_in_order = ops.flip(time_major, 0), ops.flip(real, 0)
         recurrent_kernel = _as(weights.recurrent_kernel, x)
 
         def step(state, inputs, recurrent_kernel=recurrent_kernel, recurrent_bias=recurrent_bias):
@@ -304,8 +304,8 @@ def bidirectional_recurrence(cell: str, layer, x, mask):
 
         zeros = ops.zeros((ops.shape(x)[0], weights.units), dtype=x.dtype)
         initial = [zeros] if cell == "gru" else [zeros, zeros]
-        steps = tf.scan(step, (time_major, real_t), initializer=initial)  # each (T, batch, units)
-        out = ops.where(real_t, steps[0], ops.zeros_like(steps[0]))
+        steps = tf.scan(step, (time_major, real_in_order), initializer=initial)  # each (T, batch, units)
+        out = ops.where(real_in_order, steps[0], ops.zeros_like(steps[0]))
         outputs.append(ops.flip(out, 0) if backwards else out)
         states += [s[-1] for s in steps]
     return ops.transpose(ops.concatenate(outputs, axis=-1), (1, 0, 2)), states
