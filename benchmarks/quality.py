@@ -51,6 +51,9 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "ja-en, 2 encoder layers": ("configs/enja.toml", {"model": {"layers": 2}}, (1, 5)),
     "ja-en, no label smoothing": ("configs/enja.toml", {"train": {"label_smoothing": 0.0}}, (1, 5)),
     "ja-en, subword regularisation": ("configs/enja.toml", {"train": {"subword_alpha": 0.2}}, (1, 5)),
+    "ja-en, dropout 0.3, lr_patience 2": ("configs/enja.toml", {"model": {"dropout": 0.3}, "train": {"lr_patience": 2}},
+                                          (1, 5, 10)),
+    "en-ja, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}}, (1, 5, 10)),
 }
 # name -> (member jobs, beams to evaluate): their runs' models ensembled at translate time; the
 # members are trained by their own jobs (which come first in the default order)
