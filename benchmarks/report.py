@@ -22,7 +22,7 @@ PUBLISHED = {
     "word2vec_words_per_s": 400_000,  # gensim 4.4, "~400k effective words/s"
 }
 PUBLISHED_LABEL = "published, same machine kind"
-GOALS = {"train": 2.0, "train_rss_gib": 3.0, "greedy": 2.0, "beam": 3.0, "word2vec": 0.5}
+GOALS = {"train": 2.0, "train_rss_gib": 3.0, "greedy": 2.0, "beam": 3.0, "word2vec": 1.0}
 CPU_FEATURES = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"}
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "sentencepiece", "gensim")
 SECTIONS = ("train", "decode", "w2v", "stream", "export", "workers", "peer")
@@ -136,8 +136,11 @@ def _peer(measured: float | None, key: str) -> tuple[float, str]:
 
 
 def _words_per_s(sides: dict[str, Any]) -> float:
-    """Both sides' effective words over both sides' time (each side's time from its own rate, which
-    is exact where the reported seconds are rounded)."""
+    """Both sides' effective words over both sides' time: the wall time of the two together where
+    they trained at once ("both", the pretrain stage), else the sum of each side's time (gensim's,
+    from each side's own rate, which is exact where the reported seconds are rounded)."""
+    if "both" in sides:
+        return sides["both"]["words_per_second"]
     words = [sides[s]["effective_words"] for s in ("src", "tgt")]
     rates = [sides[s]["words_per_second"] for s in ("src", "tgt")]
     return sum(words) / sum(w / r for w, r in zip(words, rates) if w)
@@ -274,6 +277,9 @@ def _details(results: dict[str, Any]) -> list[str]:
         lines.append(f"word2vec, {side}: {p['effective_words']:,} effective words at {p['words_per_second']:,}/s "
                      f"(compiling {p['compile_seconds']:.1f} s, not counted)"
                      + (f"; gensim {g['effective_words']:,} at {g['words_per_second']:,}/s" if g else ""))
+    if both := w2v.get("project", {}).get("both"):
+        lines.append(f"word2vec: the project trains both sides at once, in two threads, {both['train_seconds']:.1f} s "
+                     "of wall time together; gensim trains one side after the other, each with all its workers")
     peer = results.get("peer") or {}
     if (t := peer.get("train") or {}).get("tok_per_s"):
         lines.append(f"JoeyNMT training: median of {len(t['interval_tok_per_s'])} intervals of {t['interval_steps']} "

@@ -1,8 +1,10 @@
 """Stage 2: word2vec skip-gram vectors for each language's SentencePiece pieces.
 
-Reads `RUN/tokenize/` (the encoded corpus, streamed from its shards, and both SentencePiece models), adds optional monolingual text
-per language, trains one skip-gram model per side (`pipeline.word2vec`) and writes to
-`RUN/pretrain/`:
+Reads `RUN/tokenize/` (the encoded corpus, streamed from its shards, and both SentencePiece
+models), adds optional monolingual text per language, trains one skip-gram model per side
+(`pipeline.word2vec`), both sides at once in two threads (each side's XLA step runs on one core;
+the two models share nothing, so the vectors are those of training them one after the other), and
+writes to `RUN/pretrain/`:
 
     emb.src.npy emb.tgt.npy   float32 (pieces, dim); row i is SentencePiece id i, specials included
     emb.src.txt emb.tgt.txt   the same vectors in word2vec's text format, pieces in id order
@@ -13,8 +15,10 @@ The manifest records the hash of the SentencePiece models the vectors belong to,
 
 from __future__ import annotations
 
+import threading
 import time
 from array import array
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -60,8 +64,7 @@ def _pretrain(run: Run, config: PretrainConfig) -> dict[str, Any]:
     corpora = _read_corpora(encoded, processors, extra_paths)  # all checked before RUN/pretrain is touched
 
     with run.writing(STAGE) as stage:
-        report = {side: _pretrain_side(stage.dir, side, number, corpora[side], processors[side], config)
-                  for number, side in enumerate(SIDES)}
+        report = _pretrain_sides(stage.dir, corpora, processors, config)
         outputs = [f"emb.{side}.{ext}" for side in SIDES for ext in ("npy", "txt")]
         stage.finish(declare(config), outputs, extra={"tokenizer": tokenizer, "report": report})
     return report
@@ -72,13 +75,45 @@ def declare(config: PretrainConfig) -> Declaration:
     return Declaration(asdict(config), {"extra_src": config.extra_src, "extra_tgt": config.extra_tgt})
 
 
+def _pretrain_sides(out: Path, corpora: dict[str, tuple], processors: dict[str, spm.SentencePieceProcessor],
+                    config: PretrainConfig) -> dict[str, Any]:
+    """Train both sides' vectors side by side; the report holds each side's figures and, under
+    "both", the words trained and the wall time of the two together."""
+    stop = threading.Event()  # set when either side fails or the stage is interrupted: the other stops too
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(SIDES), thread_name_prefix="pretrain") as pool:
+        futures = {side: pool.submit(_pretrain_side, out, side, number, corpora[side], processors[side], config, stop)
+                   for number, side in enumerate(SIDES)}
+        try:
+            wait(futures.values(), return_when=FIRST_EXCEPTION)
+            for future in futures.values():  # a failed side's error first, not after the other side ends
+                if future.done() and future.exception() is not None:
+                    raise future.exception()
+            done = {side: future.result() for side, future in futures.items()}
+        except BaseException:
+            stop.set()
+            raise
+    report = {side: part for side, (part, _) in done.items()}
+    clocks = [clock for _, clock in done.values()]  # each side's training, compiling excluded
+    train_seconds = max(end for _, end in clocks) - min(start for start, _ in clocks)
+    words = sum(part["effective_words"] for part in report.values())
+    report["both"] = {"effective_words": words, "train_seconds": round(train_seconds, 2),
+                      "words_per_second": round(words / max(train_seconds, 1e-9)),
+                      "seconds": round(time.perf_counter() - started, 2)}
+    log.info("pretrain: both sides, %s effective words/s over %.1f s", f"{report['both']['words_per_second']:,}",
+             train_seconds)
+    return report
+
+
 def _pretrain_side(out: Path, side: str, number: int, corpus: tuple, sp: spm.SentencePieceProcessor,
-                   config: PretrainConfig) -> dict[str, Any]:
-    """Train one side's vectors, write emb.SIDE.npy and .txt, and return the side's report."""
+                   config: PretrainConfig, stop: threading.Event | None = None
+                   ) -> tuple[dict[str, Any], tuple[float, float]]:
+    """Train one side's vectors, write emb.SIDE.npy and .txt; return the side's report and when
+    (time.perf_counter()) its training started and ended."""
     chunks, extra = corpus
     started = time.perf_counter()
     log.info("pretrain %s: %s pieces, %d-d vectors", side, f"{sp.get_piece_size():,}", config.dim)
-    result = word2vec.train(chunks, sp.get_piece_size(), config, seed=config.seed + number, name=side)
+    result = word2vec.train(chunks, sp.get_piece_size(), config, seed=config.seed + number, name=side, stop=stop)
     _write_vectors(out, side, result.vectors, sp)
     words_per_second = round(result.effective_words / max(result.train_seconds, 1e-9))
     log.info("pretrain %s: %s effective words/s over %.1f s", side, f"{words_per_second:,}",
@@ -94,7 +129,7 @@ def _pretrain_side(out: Path, side: str, number: int, corpus: tuple, sp: spm.Sen
         "compile_seconds": round(result.compile_seconds, 2),
         "seconds": round(time.perf_counter() - started, 2),
         "neighbours": nearest_neighbours(result.vectors, result.counts, sp),
-    }
+    }, (result.train_started, result.train_started + result.train_seconds)
 
 
 def load_pretrained(run: Run, side: str) -> np.ndarray | None:

@@ -7,18 +7,28 @@ linearly decaying rate. The exported embedding is the input table, as in word2ve
 
 How a step is laid out, and why it is fast on a CPU: the subsampled corpus is cut into blocks of
 `2 * window` consecutive centre words, and each block also takes the `window` words on either side
-as context. One batched matmul per block scores every output row (each centre word and its noise
-words) against every context row of the block; a mask keeps the pairs word2vec trains (context
-inside the centre's sampled window and sentence, noise word != centre). The gradients are two more
-batched matmuls, and both tables are updated in place by scatter-adds on the gathered rows only.
-A context row is thus read once per block, not once per pair. The noise words are drawn per centre
-word and shared by its context words (Ji et al., 2016, "Parallelizing Word2Vec in Shared and
-Distributed Memory"). gensim draws them per pair; on small_parallel_enja both reach the same
-held-out loss (within 0.01 nats per pair).
+as context. One batched matmul per block scores every output row (each centre word and the block's
+noise words) against every context row of the block; a mask keeps the pairs word2vec trains
+(context inside the centre's sampled window and sentence, noise word != centre). The gradients are
+two more batched matmuls, and both tables are updated in place by scatter-adds on the gathered rows
+only. A context row is thus read once per block, not once per pair.
+
+The noise words are drawn per block and shared by all its pairs, extending Ji et al.'s sharing of a
+centre word's noise words among its context words (2016, "Parallelizing Word2Vec in Shared and
+Distributed Memory") to the block: a block draws `NOISE_DRAWS * negatives` of them and each counts
+`1 / NOISE_DRAWS` of a noise term, so every pair's expected update is word2vec's with `negatives`
+noise words, at half the output rows that noise drawn per centre word needs (30 rows against 60
+with window 5 and 5 negatives; gathering rows is the step's dearest part under XLA on a CPU). On
+small_parallel_enja this costs no held-out fit against noise drawn per centre word
+(`benchmarks/w2v_heldout.py`, BENCHMARKS.md): both land about 0.01 nats a pair above gensim's
+per-pair draws, within their spread over seeds of each other.
+
+XLA runs the step on one core; `pipeline.pretrain` trains the two sides at once to use two.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -28,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import PretrainConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StageError
 from pipeline.progress import log, progress
 from pipeline.vocab import EOS
 
@@ -37,6 +47,7 @@ NOISE_POWER = 0.75
 MIN_RATE = 1e-4  # the rate decays linearly to this fraction of its start, as in word2vec.c
 CENTRES_PER_CALL = 16_384  # centre words per train_on_batch call: SGD steps in one compiled loop
 CHUNK_TOKENS = 1 << 20  # about this many tokens are subsampled and cut into blocks at a time
+NOISE_DRAWS = 4  # a block draws this many noise words per `negatives`, each counting 1 / NOISE_DRAWS
 
 
 class SkipGram(keras.Model):
@@ -59,7 +70,6 @@ class SkipGram(keras.Model):
         # Context column j of a block sits offset[i, j] positions from its centre word i.
         columns = np.arange(self.block + 2 * window)
         self._offset = (columns[None, :] - window - np.arange(self.block)[:, None]).astype(np.int32)
-        self._label = np.array([1.0] + [0.0] * negatives, np.float32)  # centre, then noise words
 
     def call(self, ids):
         """Input vectors: (batch, length) piece ids -> (batch, length, dim)."""
@@ -83,31 +93,30 @@ class SkipGram(keras.Model):
         centres (blocks, block) ids; contexts (blocks, columns) ids of the block and `window`
         words either side, columns = block + 2 * window; sentences (blocks, columns) sentence
         number of each column, -1 for padding; windows (blocks, block) each centre's sampled
-        window, 0 for padding; noise (blocks, block, negatives) ids; rate () the learning rate.
+        window, 0 for padding; noise (blocks, draws) ids, draws = NOISE_DRAWS * negatives;
+        rate () the learning rate.
         """
         inputs = self.input_vectors.embeddings.value  # tf.Variable (vocab, dim)
         outputs = self.output_vectors.embeddings.value
-        blocks, block, negatives = centres.shape[0], self.block, self.negatives
-        rows = block * (1 + negatives)
+        block, draws = self.block, noise.shape[1]
 
         # The (centre, context) pairs word2vec trains: (blocks, block, columns)
         centre_sentence = sentences[:, self.window:self.window + block]
-        pairs = ((tf.abs(self._offset) <= windows[:, :, None]) & (self._offset != 0)
-                 & (sentences[:, None, :] == centre_sentence[:, :, None]))
-        # Output rows scored for each centre: itself, then its noise words (blocks, block, 1 + negatives).
-        targets = tf.concat([centres[:, :, None], noise], axis=2)
-        # word2vec skips a noise word that happens to be the centre word.
-        is_centre = tf.ones_like(centres[:, :, None], tf.bool)
-        scored = tf.concat([is_centre, noise != centres[:, :, None]], axis=2)
-        weight = tf.cast(pairs[:, :, None, :] & scored[:, :, :, None], tf.float32)
-        # weight: (blocks, block, 1 + negatives, columns)
+        pairs = tf.cast((tf.abs(self._offset) <= windows[:, :, None]) & (self._offset != 0)
+                        & (sentences[:, None, :] == centre_sentence[:, :, None]), tf.float32)
+        # A noise word trains against a context column once per pair of that column whose centre
+        # it is not (word2vec skips a noise word that happens to be the centre word).
+        not_centre = tf.cast(noise[:, :, None] != centres[:, None, :], tf.float32)  # (blocks, draws, block)
+        noise_weight = tf.matmul(not_centre, pairs) * (self.negatives / draws)  # (blocks, draws, columns)
+        weight = tf.concat([pairs, noise_weight], axis=1)  # (blocks, rows, columns), rows = block + draws
+        targets = tf.concat([centres, noise], axis=1)  # (blocks, rows): centre words, then noise words
+        label = tf.concat([tf.ones([block, 1]), tf.zeros([draws, 1])], axis=0)
 
-        u = tf.gather(outputs, tf.reshape(targets, [blocks, rows]))  # (blocks, rows, dim)
+        u = tf.gather(outputs, targets)  # (blocks, rows, dim)
         v = tf.gather(inputs, contexts)  # (blocks, columns, dim)
-        logits = tf.reshape(tf.matmul(u, v, transpose_b=True), weight.shape)  # like weight
+        logits = tf.matmul(u, v, transpose_b=True)  # like weight
         # d log sigmoid(+-x) / dx = label - sigmoid(x); SGD climbs the log-likelihood by `rate`.
-        g = (self._label[:, None] - tf.sigmoid(logits)) * weight * rate
-        g = tf.reshape(g, [blocks, rows, -1])  # (blocks, rows, columns)
+        g = (label - tf.sigmoid(logits)) * weight * rate
         du = tf.matmul(g, v)  # (blocks, rows, dim)
         dv = tf.matmul(g, u, transpose_a=True)  # (blocks, columns, dim)
         # Plain SGD, touching only the rows gathered above; XLA applies repeated ids in order.
@@ -158,7 +167,7 @@ class SkipGramBatches:
             "contexts": tf.TensorSpec((s, b, c), tf.int32),
             "sentences": tf.TensorSpec((s, b, c), tf.int32),
             "windows": tf.TensorSpec((s, b, p), tf.int32),
-            "noise": tf.TensorSpec((s, b, p, k), tf.int32),
+            "noise": tf.TensorSpec((s, b, k * NOISE_DRAWS), tf.int32),
             "rates": tf.TensorSpec((s,), tf.float32),
             "steps": tf.TensorSpec((), tf.int32),
         }
@@ -195,7 +204,7 @@ class SkipGramBatches:
         padded_sentence[w:w + n] = sentence
         columns = (np.arange(blocks) * p)[:, None] + np.arange(p + 2 * w)[None, :]  # (blocks, p + 2w)
         centres = padded_ids[w:w + blocks * p].reshape(blocks, p)
-        noise = self.rng.choice(self.vocab_size, size=(blocks, p, self.config.negatives), p=self.noise)
+        noise = self.rng.choice(self.vocab_size, size=(blocks, NOISE_DRAWS * self.config.negatives), p=self.noise)
         return (centres, padded_ids[columns], padded_sentence[columns], windows.reshape(blocks, p),
                 noise.astype(np.int32), n)
 
@@ -238,11 +247,13 @@ def linear_rate(start: float, done: np.ndarray, total: float) -> np.ndarray:
 @dataclass
 class TrainResult:
     vectors: np.ndarray  # (vocab, dim) float32 input vectors, row i = piece id i
+    output_vectors: np.ndarray  # (vocab, dim) float32, the rows the noise-contrastive scores use
     counts: np.ndarray  # training occurrences of each id (specials 0)
     sentences: int
     effective_words: int  # centre words trained on, over all epochs
     train_seconds: float
     compile_seconds: float
+    train_started: float  # time.perf_counter() when the training clock started (after compiling)
 
 
 def in_memory(ids: np.ndarray, offsets: np.ndarray) -> Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]:
@@ -259,8 +270,9 @@ def in_memory(ids: np.ndarray, offsets: np.ndarray) -> Callable[[], Iterator[tup
 
 
 def train(chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], vocab_size: int, config: PretrainConfig,
-          seed: int, name: str = "") -> TrainResult:
-    """Train skip-gram vectors on one side's sentences, given by `chunks` (see `SkipGramBatches`)."""
+          seed: int, name: str = "", stop: threading.Event | None = None) -> TrainResult:
+    """Train skip-gram vectors on one side's sentences, given by `chunks` (see `SkipGramBatches`);
+    `stop`, once set (by another thread), ends the training at its next batch with StageError."""
     if keras.backend.backend() != "tensorflow":
         raise ConfigError(f"pretraining needs Keras' TensorFlow backend, not {keras.backend.backend()}")
     rng = np.random.default_rng(seed)
@@ -278,6 +290,8 @@ def train(chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], vocab_s
     for epoch in range(config.epochs if batches.words_per_epoch else 0):
         desc = f"word2vec {name} {epoch + 1}/{config.epochs}"
         for batch in progress(batches.epoch(), desc, total=batches.batches_per_epoch, unit="batch"):
+            if stop is not None and stop.is_set():
+                raise StageError(f"word2vec {name}: stopped, the other side failed or the stage was interrupted")
             model.train_on_batch(batch)
         seconds = time.perf_counter() - compiled
         log.info("word2vec %s: epoch %d/%d, %s effective words, %.0f words/s", name, epoch + 1,
@@ -286,5 +300,6 @@ def train(chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], vocab_s
     # Ids 0-3 are never trained: they keep their small random start (not zeros, which would give
     # cosine tools such as gensim's most_similar a division by zero).
     vectors = np.array(model.input_vectors.embeddings.numpy(), dtype=np.float32)
-    return TrainResult(vectors, batches.counts, batches.sentences, batches.words_done,
-                       train_seconds=finished - compiled, compile_seconds=compiled - started)
+    output_vectors = np.array(model.output_vectors.embeddings.numpy(), dtype=np.float32)
+    return TrainResult(vectors, output_vectors, batches.counts, batches.sentences, batches.words_done,
+                       train_seconds=finished - compiled, compile_seconds=compiled - started, train_started=compiled)

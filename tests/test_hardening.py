@@ -410,6 +410,7 @@ def test_a_missing_corpus_file_hints_download_and_pretrain_prints_a_brief_report
     cli("tokenize", "--run", tmp_path / "run", "--src", toy_corpus["train_src"], "--tgt", toy_corpus["train_tgt"],
         "--vocab-size", "60")
     brief = json.loads(cli("pretrain", "--run", tmp_path / "run", "--dim", "8", "--epochs", "1").stdout)
-    assert set(brief) == {"src", "tgt"} and "neighbours" not in brief["src"] and brief["src"]["words_per_second"] > 0
+    assert set(brief) == {"src", "tgt", "both"} and "neighbours" not in brief["src"] and brief["src"]["words_per_second"] > 0
+    assert brief["both"]["effective_words"] == brief["src"]["effective_words"] + brief["tgt"]["effective_words"]
     full = json.loads(cli("pretrain", "--run", tmp_path / "run", "--dim", "8", "--epochs", "1", "--details").stdout)
     assert full["src"]["neighbours"]

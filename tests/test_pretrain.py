@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import word2vec
+from pipeline import pretrain as pretrain_stage, word2vec
 from pipeline.artifacts import Run
 from pipeline.config import PretrainConfig, TokenizeConfig
 from pipeline.errors import InputError, StageError
@@ -188,7 +188,8 @@ def test_missing_extra_text_fails_before_the_stage_starts(corpus, tmp_path):
 # --- the algorithm, checked against a plain per-pair implementation of word2vec's update ---
 
 def test_one_step_matches_a_per_pair_reference():
-    """Windows stay inside sentences, noise equal to the centre is skipped, both tables move."""
+    """Windows stay inside sentences, every pair of a block meets the block's noise words (each
+    counting 1 / NOISE_DRAWS), noise equal to the centre is skipped, both tables move."""
     vocab, dim, config = 12, 4, PretrainConfig(dim=4, window=2, negatives=2, epochs=1, subsample=0.0,
                                                learning_rate=0.1, batch_size=10_000, seed=3)
     ids = np.array([4, 5, 1, 6, 7, 4, 8, 9, 10, 11, 5, 6, 7], np.int32)  # id 1 (unk) is dropped
@@ -207,7 +208,8 @@ def test_one_step_matches_a_per_pair_reference():
     words = ids[ids >= 4]
     sentence = np.repeat(np.arange(3), np.diff(offsets))[ids >= 4]
     windows = batch["windows"].reshape(-1)[:len(words)]
-    noise = batch["noise"].reshape(-1, config.negatives)[:len(words)]
+    noise = batch["noise"].reshape(-1, config.negatives * word2vec.NOISE_DRAWS)  # per block
+    block = 2 * config.window
     rate = batch["rates"][0]
     dv, du = np.zeros_like(v0), np.zeros_like(u0)
     pairs = 0
@@ -217,13 +219,33 @@ def test_one_step_matches_a_per_pair_reference():
                 continue
             pairs += 1
             context = words[x]
-            for target, label in [(centre, 1.0)] + [(n, 0.0) for n in noise[c] if n != centre]:
-                g = rate * (label - 1 / (1 + np.exp(-v0[context] @ u0[target])))
+            for target, label, weight in [(centre, 1.0, 1.0)] + [(n, 0.0, 1 / word2vec.NOISE_DRAWS)
+                                                                  for n in noise[c // block] if n != centre]:
+                g = rate * weight * (label - 1 / (1 + np.exp(-v0[context] @ u0[target])))
                 dv[context] += g * u0[target]
                 du[target] += g * v0[context]
     assert pairs > 10
     np.testing.assert_allclose(model.input_vectors.embeddings.numpy(), v0 + dv, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.output_vectors.embeddings.numpy(), u0 + du, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failing_side_stops_the_other_and_its_error_is_the_stages(monkeypatch, tmp_path):
+    """The sides train in two threads: when one fails, the other is told to stop and the stage
+    ends with the failing side's error, without waiting for the other side to finish."""
+    def train(chunks, vocab_size, config, seed, name, stop):
+        if name == "tgt":
+            raise StageError("the tgt side broke")
+        assert stop.wait(timeout=30), "the src side was never told to stop"
+        raise StageError("src stopped")
+
+    class Pieces:
+        def get_piece_size(self):
+            return 8
+
+    monkeypatch.setattr(word2vec, "train", train)
+    with pytest.raises(StageError, match="the tgt side broke"):
+        pretrain_stage._pretrain_sides(tmp_path, {"src": (None, None), "tgt": (None, None)},
+                                 {"src": Pieces(), "tgt": Pieces()}, TINY)
 
 
 def test_subsampling_and_rate_follow_word2vec():
