@@ -45,6 +45,8 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "tatoeba ja-en": ("configs/tatoeba_jaen.toml", {}, (1, 5)),
     "tatoeba ja-en, dropout 0.3": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}}, (1, 5)),
     "tatoeba ja-en, subword regularisation": ("configs/tatoeba_jaen.toml", {"train": {"subword_alpha": 0.1}}, (1, 5)),
+    "ja-en, bfloat16": ("configs/enja.toml", {"train": {"keep_checkpoints": 0, "precision": "mixed_bfloat16"}},
+                        (1, 5, 10)),
     "ja-en, random embeddings": ("configs/enja.toml", {"train": {"pretrained": False}}, (1, 5)),
     "ja-en, LSTM": ("configs/enja.toml", {"model": {"cell": "lstm"}}, (1, 5)),
     "ja-en, LSTM peephole": ("configs/enja.toml", {"model": {"cell": "lstm-peephole"}}, (1, 5)),

@@ -62,6 +62,7 @@ def main(
     embed: int = typer.Option(256),
     units: int = typer.Option(256),
     cell: str = typer.Option("gru"),
+    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 (the products below in bfloat16 too)."),
     rounds: int = typer.Option(7, help="Timed rounds, after one untimed."),
     repeats: int = typer.Option(10, help="Calls of each part a round."),
     json_path: Optional[Path] = json_option(None),
@@ -79,8 +80,9 @@ def main(
     keras.utils.set_random_seed(1)
     config = ModelConfig(cell=cell, embed_dim=embed, units=units, attention_units=units)
     config.validate()  # `model.cell must be one of gru, lstm, lstm-peephole`, as cli.py says it
-    model = build_model(config, vocab, vocab)
-    train = TrainConfig()
+    train = TrainConfig(precision=precision)
+    train.validate()
+    model = build_model(config, vocab, vocab, precision=precision)
     compile_for_training(model, train)
     loop = Loop(tf.distribute.get_strategy(), model, train.clip_norm, train.label_smoothing)
     rng = np.random.default_rng(1)
@@ -127,11 +129,12 @@ def main(
         proj = model.decoder_cell.project_inputs(embedded)
         logits = model.output_logits(hidden, contexts, embedded, training=True)
         total, tokens = token_loss(tgt_out, logits, train.label_smoothing)
-        return total / tokens + 1e-9 * tf.reduce_sum(proj)
+        return total / tokens + 1e-9 * tf.cast(tf.reduce_sum(proj), total.dtype)
 
-    weight = tf.constant(rng.standard_normal((embed, vocab)), tf.float32)
-    rows = tf.constant(rng.standard_normal((b * t, embed)), tf.float32)
-    square = tf.constant(rng.standard_normal((1024, 1024)), tf.float32)
+    dtype = tf.bfloat16 if precision == "mixed_bfloat16" else tf.float32
+    weight = tf.constant(rng.standard_normal((embed, vocab)), dtype)
+    rows = tf.constant(rng.standard_normal((b * t, embed)), dtype)
+    square = tf.constant(rng.standard_normal((1024, 1024)), dtype)
     parts = {
         "step": lambda: loop.step(((src, tgt_in), tgt_out)),
         "encoder": grad_of(encoder, encoder_vars),

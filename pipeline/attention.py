@@ -34,22 +34,35 @@ class BahdanauAttention(keras.layers.Layer):
         """W₁ h_j for every source position: (batch, src_len, 2*units) -> (batch, src_len, att_units)."""
         return self.key_projection(values)
 
-    def call(self, query, keys, values, mask):
-        """One decoder step's attention.
+    def step_weights(self, dtype) -> tuple:
+        """W₂, its bias and v in the compute `dtype`, for a loop that calls `attend` at every
+        step: under mixed precision a variable is cast where it is read, so read once, not per step."""
+        return tuple(ops.cast(w, dtype) for w in (self.query_projection.kernel, self.query_projection.bias,
+                                                  self.score_vector.kernel))
 
-        query:  (batch, dec_units)           s_{t-1}
-        keys:   (batch, src_len, att_units)  W₁ h_j from `project_keys`
-        values: (batch, src_len, enc_dim)    h_j
-        mask:   (batch, src_len) bool        True on real source tokens
-        returns context (batch, enc_dim) and weights (batch, src_len), zero on padding.
-        """
-        projected_query = ops.expand_dims(self.query_projection(query), 1)  # (batch, 1, att_units)
-        scores = ops.squeeze(self.score_vector(ops.tanh(keys + projected_query)), -1)  # (batch, src_len)
-        masked = -3e4 if keras.backend.standardize_dtype(scores.dtype) == "float16" else -1e9  # fp16 max 65504
-        scores = ops.where(mask, scores, ops.full_like(scores, masked))
-        weights = ops.softmax(scores, axis=-1)
-        context = ops.einsum("bs,bsd->bd", weights, values)
-        return context, weights
+    def call(self, query, keys, values, mask):
+        """One decoder step's attention; see `attend`."""
+        return attend(query, keys, values, mask, self.step_weights(keys.dtype))
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+def attend(query, keys, values, mask, weights):
+    """One decoder step's attention.
+
+    query:   (batch, dec_units)           s_{t-1}
+    keys:    (batch, src_len, att_units)  W₁ h_j from `project_keys`
+    values:  (batch, src_len, enc_dim)    h_j
+    mask:    (batch, src_len) bool        True on real source tokens
+    weights: W₂ (dec_units, att_units), its bias (att_units,) and v (att_units, 1), from `step_weights`
+    returns context (batch, enc_dim) and weights (batch, src_len), zero on padding.
+    """
+    w2, b2, v = weights
+    projected_query = ops.expand_dims(ops.matmul(query, w2) + b2, 1)  # (batch, 1, att_units)
+    scores = ops.squeeze(ops.matmul(ops.tanh(keys + projected_query), v), -1)  # (batch, src_len)
+    masked = -3e4 if keras.backend.standardize_dtype(scores.dtype) == "float16" else -1e9  # fp16 max 65504
+    scores = ops.where(mask, scores, ops.full_like(scores, masked))
+    alphas = ops.softmax(scores, axis=-1)
+    context = ops.squeeze(ops.matmul(ops.expand_dims(alphas, 1), values), 1)  # (batch, 1, src_len) @ values
+    return context, alphas

@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from pipeline.attention import BahdanauAttention
+from pipeline.attention import BahdanauAttention, attend
 from pipeline.config import ModelConfig
 from pipeline.vocab import PAD
 
@@ -121,16 +121,26 @@ class DecoderCell(keras.layers.Layer):
         """(..., embed_dim) -> (..., gates*units)."""
         return ops.matmul(embedded, _as(self.w_input, embedded)) + _as(self.b_input, embedded)
 
+    def step_weights(self, dtype) -> tuple:
+        """The weights each step reads, in the compute `dtype` (see `BahdanauAttention.step_weights`)."""
+        names = ("w_context", "w_recurrent", "b_recurrent") + (("peephole",) if self.cell == "lstm-peephole" else ())
+        return tuple(ops.cast(getattr(self, name), dtype) for name in names)
+
     def call(self, projected_input, context, state):
+        return self.step(projected_input, context, state, self.step_weights(projected_input.dtype))
+
+    def step(self, projected_input, context, state, weights):
         """projected_input (batch, gates*units), context (batch, context_dim), state: tuple of
-        (batch, units) tensors. Returns the new state tuple; its first element is s_t."""
-        x = projected_input + ops.matmul(context, self.w_context)
+        (batch, units) tensors, weights from `step_weights`. Returns the new state tuple; its first
+        element is s_t."""
+        w_context, w_recurrent, b_recurrent, *peephole = weights
+        x = projected_input + ops.matmul(context, w_context)
         h = state[0]
-        recurrent = ops.matmul(h, self.w_recurrent) + self.b_recurrent
+        recurrent = ops.matmul(h, w_recurrent) + b_recurrent
         if self.cell == "gru":
             return _gru_gates(x, recurrent, h)
         if self.cell == "lstm-peephole":
-            return peephole_lstm(x + recurrent, state[1], self.peephole)
+            return peephole_lstm(x + recurrent, state[1], peephole[0])
         return _lstm_gates(x + recurrent, state[1])
 
     def get_config(self):
@@ -223,11 +233,13 @@ class Seq2Seq(keras.Model):
         positions. projected (batch, T, gates*units) -> s_1..s_T (batch, T, units) and the
         contexts c_1..c_T (batch, T, 2*units)."""
         context0 = ops.zeros_like(encoded.values[:, 0, :])  # (batch, 2*units)
+        attention_weights = self.attention.step_weights(projected.dtype)  # cast once, outside the loop
+        cell_weights = self.decoder_cell.step_weights(projected.dtype)
 
         def step(carry, x_t):
             state, _ = carry
-            context, _ = self.attention(state[0], encoded.keys, encoded.values, encoded.mask)
-            return self.decoder_cell(x_t, context, state), context
+            context, _ = attend(state[0], encoded.keys, encoded.values, encoded.mask, attention_weights)
+            return self.decoder_cell.step(x_t, context, state, cell_weights), context
 
         time_major = tf.transpose(projected, [1, 0, 2])  # (T, batch, gates*units)
         states, contexts = tf.scan(step, time_major, initializer=(tuple(state), context0))
