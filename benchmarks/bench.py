@@ -135,7 +135,8 @@ class Settings:
     interval: int = 100  # JoeyNMT logs its tokens/s every 100 steps (rnn_jaen.yaml)
     batch_size: int = 64
     model: dict = field(default_factory=dict)  # ModelConfig overrides; {} is the reference model
-    precision: str = "float32"  # the training step's (TrainConfig.precision)
+    precisions: tuple = ("float32",)  # the training step's (TrainConfig.precision): the first is the figure,
+    # each other one a row beside it
     pairs: Optional[int] = None  # training pairs used; None: all
     test_sentences: Optional[int] = None  # None: all
     repeats: int = 5
@@ -160,7 +161,15 @@ class Settings:
         if self.steps < self.interval:
             raise ConfigError(f"--steps ({self.steps}) must be at least one --interval ({self.interval})")
         ModelConfig(**self.model).validate()
-        TrainConfig(batch_size=self.batch_size, precision=self.precision).validate()
+        for precision in self.precisions:
+            TrainConfig(batch_size=self.batch_size, precision=precision).validate()
+        if not self.precisions or len(set(self.precisions)) != len(self.precisions):
+            raise ConfigError(f"--precision takes distinct precisions separated by commas; got {','.join(self.precisions)}")
+
+    @property
+    def precision(self) -> str:
+        """The precision of the figure of record (the others are measured beside it)."""
+        return self.precisions[0]
         PretrainConfig(**self.word2vec).validate()
 
 

@@ -70,14 +70,15 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
     from pipeline.artifacts import Run
     from pipeline.config import ModelConfig, TrainConfig
-    from pipeline.distribute import Loop
+    from pipeline.distribute import Loop, devices, precision_for
     from pipeline.model import build_model
     from pipeline.tokenize import load_encoded, load_tokenizers
     from pipeline.train import TrainingData, compile_for_training
 
     run = Run.at(spec["run"])
     model_config = ModelConfig(**spec["model"])
-    config = TrainConfig(batch_size=spec["batch_size"], precision=spec.get("precision", "float32"))
+    config = TrainConfig(batch_size=spec["batch_size"],
+                         precision=precision_for(spec.get("precision", "float32"), devices()))  # auto resolved
     processors, _ = load_tokenizers(run, needed_by=NEEDED_BY)
     corpus = load_encoded(run, needed_by=NEEDED_BY)
     keras.utils.set_random_seed(config.seed)  # as `train` does

@@ -93,8 +93,9 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
     peer = results.get("peer") or {}
     train, peer_train = results.get("train") or {}, peer.get("train") or {}
     if train.get("tok_per_s"):
-        rows.append(_row("training throughput", train["tok_per_s"], "target tok/s",
-                         *_peer(peer_train.get("tok_per_s"), "train_tok_per_s"), ratio_goal=GOALS["train"]))
+        for name, measured in {"": train, **train.get("precisions", {})}.items():
+            rows.append(_row(f"training throughput{name and ', ' + name}", measured["tok_per_s"], "target tok/s",
+                             *_peer(peer_train.get("tok_per_s"), "train_tok_per_s"), ratio_goal=GOALS["train"]))
         peer_rss = peer_train.get("process", {}).get("peak_rss_mib")
         rows.append(_row("training peak RSS", train["process"]["peak_rss_mib"] / 1024, "GiB",
                          peer_rss and peer_rss / 1024, "JoeyNMT, this run" if peer_rss else None,
@@ -261,6 +262,10 @@ def _details(results: dict[str, Any]) -> list[str]:
             f"4,978,688); {train.get('precision', 'float32')}, TensorFlow's oneDNN "
             f"{('off', 'on')[train['onednn']] if 'onednn' in train else 'not recorded'}; first step, tracing included, "
             f"{train['first_step_s']:.1f} s")
+        for name, other in train.get("precisions", {}).items():
+            rates = other["interval_tok_per_s"]
+            lines.append(f"training in {name}, measured after it, the same way: range {num(min(rates))}-"
+                         f"{num(max(rates))} tok/s; peak RSS {other['process']['peak_rss_mib'] / 1024:.2f} GiB")
     decode = results.get("decode") or {}
     for name, d in decode.items():
         if isinstance(d, dict) and "sent_per_s" in d:

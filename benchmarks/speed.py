@@ -64,7 +64,13 @@ DEFAULT_SECTIONS = SECTIONS[:4]
 # -- the sections ---------------------------------------------------------------------------------
 
 def measure_train(bench: Bench) -> dict[str, Any]:
-    return bench.measure("train", {**_train_spec(bench.settings), "run": str(bench.stage("tokenize", 1)["run"])})
+    """The training step in the first --precision; each other one beside it, under "precisions"."""
+    run, (first, *others) = str(bench.stage("tokenize", 1)["run"]), bench.settings.precisions
+    spec = _train_spec(bench.settings)
+    result = bench.measure("train", {**spec, "run": run, "precision": first})
+    if others:
+        result["precisions"] = {p: bench.measure("train", {**spec, "run": run, "precision": p}) for p in others}
+    return result
 
 
 def _train_spec(s: Settings, steps: int | None = None) -> dict[str, Any]:
@@ -269,7 +275,8 @@ def main(
     threads: Optional[int] = typer.Option(None, help="TensorFlow intra- and inter-op threads, gensim workers "
                                                      "(default: the cores this process may use)."),
     precision: Optional[str] = typer.Option(None, help="Training precision: float32 (default), mixed_bfloat16, "
-                                                       "mixed_float16."),
+                                                       "mixed_float16; several, comma-separated, measured one "
+                                                       "after the other, e.g. float32,mixed_bfloat16."),
     data: Path = typer.Option(ROOT / "data" / "small_parallel_enja", help="Folder with train.ja, train.en, test.ja."),
     run: Path = typer.Option(ROOT / "saved_models" / "enja", help="A trained run for decode and export."),
     json_path: Path = json_option(ROOT / "benchmarks" / "results" / "speed.json"),
@@ -288,7 +295,8 @@ def main(
         sections = [name for name in SECTIONS if name in choose(only, SECTIONS, "section")]
         overrides = {k: v for k, v in dict(steps=steps, warmup=warmup, interval=interval, repeats=repeats,
                                            minutes=minutes, workers=workers, threads=threads,
-                                           precision=precision).items() if v is not None}
+                                           precisions=precision and tuple(precision.split(","))).items()
+                     if v is not None}
         if scales:
             overrides["scales"] = _scales(scales)
         settings = replace(Settings(**(QUICK if quick else {})), **overrides)

@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError
 # Languages written without spaces between words: SentencePiece needs a character coverage
 # below 1.0 there, or rare characters each take a vocabulary slot.
 _CJK = {"ja", "zh", "ko", "th"}
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 BLEU_TOKENIZERS = ("none", "13a", "intl", "char", "ja-mecab", "zh")  # sacreBLEU's, as evaluate and train use them
 
@@ -134,9 +134,11 @@ class TrainConfig(Section):
     average_checkpoints: int = setting(5, "Average the last N epochs at the end if dev BLEU gains (0: off).", low=0)
     time_budget: float = setting(0.0, "Stop after this many minutes, validation included (0: no limit).", low=0)
     # mixed: layers compute in float16 (GPUs with tensor cores; the loss is scaled) or bfloat16
-    # (newer CPUs and GPUs), weights stay float32; the saved model is float32
-    precision: str = setting("float32", "float32, or mixed precision: mixed_float16 (GPU) or mixed_bfloat16.",
-                             choices=PRECISIONS)
+    # (newer CPUs and GPUs), weights stay float32; the saved model is float32. auto: see
+    # pipeline.distribute.precision_for
+    precision: str = setting("float32", "float32; mixed precision: mixed_float16 (GPU) or mixed_bfloat16; or auto: "
+                                        "mixed_bfloat16 on a CPU with bfloat16 instructions (AVX512-BF16, AMX), "
+                                        "float32 elsewhere.", choices=PRECISIONS)
     # subword regularisation (Kudo 2018): pipeline/corpus.py's `Resegmenter`
     subword_alpha: float = setting(0.0, "Segment the training pairs anew each epoch by SentencePiece's sampling with "
                                         "this smoothing, e.g. 0.1 (0: off, the best segmentation); dev and test "

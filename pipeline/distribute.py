@@ -123,6 +123,16 @@ def devices(cpuinfo: str | None = None) -> dict[str, Any]:
             "gpus": [gpu.name for gpu in tf.config.list_physical_devices("GPU")]}
 
 
+def precision_for(setting: str, hardware: dict[str, Any]) -> str:
+    """The precision training computes in: `setting` (train.precision) itself, or for `auto`
+    mixed_bfloat16 where the CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16, `devices`)
+    and no GPU trains, float32 elsewhere (mixed precision on GPUs is not measured here)."""
+    if setting != "auto":
+        return setting
+    native = not hardware["gpus"] and (hardware["avx512_bf16"] or hardware["amx_bf16"])
+    return "mixed_bfloat16" if native else "float32"
+
+
 @keras.saving.register_keras_serializable(package="pipeline")
 class Adam(keras.optimizers.Adam):
     """Keras's Adam, each variable's update one fused kernel (TensorFlow's ResourceApplyAdam, the

@@ -205,7 +205,10 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
     strategy = distribute.strategy(config.strategy)  # first: a cluster's must start before TensorFlow runs
     chief = distribute.is_chief(strategy)
     hardware = distribute.devices()
-    if config.precision == "mixed_bfloat16" and not any(hardware[k] for k in ("gpus", "avx512_bf16", "amx_bf16")):
+    precision = distribute.precision_for(config.precision, hardware)
+    if config.precision == "auto":
+        log.info("precision auto: %s here", precision)
+    if precision == "mixed_bfloat16" and not any(hardware[k] for k in ("gpus", "avx512_bf16", "amx_bf16")):
         log.warning("this CPU has no bfloat16 instructions (AVX512-BF16, AMX-BF16): mixed_bfloat16 converts in "
                     "software here and is likely slower than float32")
     processors, tok_manifest = load_tokenizers(run, needed_by=STAGE)
@@ -215,6 +218,8 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
     fingerprint = {"settings": _jsonable(declared.settings), "tokenize": tok_manifest["outputs"],
                    "pretrain": run.manifest("pretrain")["outputs"] if embeddings is not None else None,
                    "dev": {k: sha256(v) for k, v in declared.inputs.items() if v}}
+    if config.precision == "auto":  # its choice too: a resume on another machine must not switch it
+        fingerprint["precision"] = precision
 
     with run.writing(STAGE, resumable=True, resume=resume is not False) as stage:
         backup = Backup(stage.dir / "backup")
@@ -224,7 +229,7 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
             write_json_atomic(stage.dir / "fingerprint.json", fingerprint)
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            model = _build_model(model_config, config, processors, embeddings)
+            model = _build_model(model_config, config, precision, processors, embeddings)
             if state is not None:
                 backup.restore(model, values)
                 log.info("resuming the interrupted training after epoch %d", state["epoch"])
@@ -239,7 +244,7 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
             return {"worker": distribute.task(strategy), "epochs": final["epoch"], "resumed_after_epoch": resumed_after,
                     "weights_sha256": weights_digest(model)}
         report = _finish(stage, model, translator, data, config, bleu_tokenize, history, backup, declared,
-                         tok_manifest, embeddings is not None, resumed_after)
+                         tok_manifest, embeddings is not None, resumed_after, precision)
     return report
 
 
@@ -270,10 +275,10 @@ def _resumable(backup: Backup, fingerprint: dict, resume: bool | None, directory
     return backup.load()
 
 
-def _build_model(model_config: ModelConfig, config: TrainConfig, processors: dict,
+def _build_model(model_config: ModelConfig, config: TrainConfig, precision: str, processors: dict,
                  embeddings: dict[str, np.ndarray] | None) -> Seq2Seq:
     model = build_model(model_config, processors["src"].get_piece_size(), processors["tgt"].get_piece_size(),
-                        precision=config.precision)
+                        precision=precision)
     if embeddings is not None:
         model.src_embedding.embeddings.assign(embeddings["src"])
         model.tgt_embedding.embeddings.assign(embeddings["tgt"])
@@ -328,7 +333,7 @@ def weights_digest(model: keras.Model) -> str:
 
 def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData", config: TrainConfig,
             bleu_tokenize: str, history: dict[str, list], backup: Backup, declared: Declaration,
-            tok_manifest: dict, pretrained: bool, resumed_after: int) -> dict[str, Any]:
+            tok_manifest: dict, pretrained: bool, resumed_after: int, precision: str) -> dict[str, Any]:
     """Average the last checkpoints if that gains, write state.json, drop the backup, record the stage."""
     out = stage.dir
     digest = weights_digest(model)  # the trained weights, before averaging
@@ -362,6 +367,7 @@ def _finish(stage, model: Seq2Seq, translator: Translator, data: "TrainingData",
         "median_train_tok_per_s": float(np.median([r["train_tok_per_s"] for r in rows])) if rows else None,
         "wall_s": round(rows[-1]["elapsed_s"], 1) if rows else None,
         "weights_sha256": digest,
+        "precision": precision,  # what it computed in (train.precision's choice, where that is auto)
         "devices": distribute.devices(),  # the CPU (bfloat16 instructions or not) and GPUs it trained on
     }
     shutil.rmtree(backup.path.parent)

@@ -127,6 +127,18 @@ def test_devices_says_whether_the_cpu_computes_bfloat16():
     assert (avx2["cpu"], avx2["avx512_bf16"], avx2["amx_bf16"], avx2["gpus"]) == ("AMD EPYC", False, False, [])
 
 
+def test_auto_precision_is_bfloat16_only_on_a_cpu_that_computes_it():
+    from pipeline.distribute import devices, precision_for
+
+    amx = devices("model name\t: Xeon\nflags\t\t: avx512f amx_bf16\n")
+    avx512_bf16 = devices("model name\t: Xeon\nflags\t\t: avx512f avx512_bf16\n")
+    avx2 = devices("model name\t: AMD EPYC\nflags\t\t: avx2 fma\n")
+    assert [precision_for("auto", d) for d in (amx, avx512_bf16, avx2)] == ["mixed_bfloat16", "mixed_bfloat16",
+                                                                              "float32"]
+    assert precision_for("auto", {**amx, "gpus": ["/physical_device:GPU:0"]}) == "float32"
+    assert [precision_for(p, avx2) for p in ("float32", "mixed_bfloat16")] == ["float32", "mixed_bfloat16"]
+
+
 MIRRORED = """
 import json, sys
 import tensorflow as tf

@@ -68,6 +68,20 @@ def test_quick_mode_measures_every_figure(toy_data, tiny_run, tmp_path):
     assert "training throughput" in proc.stdout and "QUICK MODE" in proc.stdout
 
 
+def test_several_precisions_are_measured_in_one_run_each_beside_the_peer(toy_data, tmp_path):
+    out = tmp_path / "speed.json"
+    proc = speed("--quick", "--only", "train", "--precision", "float32,mixed_bfloat16", "--data", toy_data,
+                 "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = json.loads(out.read_text())["train"]
+    assert train["precision"] == "float32" and train["tok_per_s"] > 0
+    assert list(train["precisions"]) == ["mixed_bfloat16"]
+    assert train["precisions"]["mixed_bfloat16"]["precision"] == "mixed_bfloat16"
+    assert train["precisions"]["mixed_bfloat16"]["tok_per_s"] > 0
+    assert "training throughput, mixed_bfloat16" in proc.stdout
+    assert "training in mixed_bfloat16, measured after it" in proc.stdout
+
+
 @pytest.mark.skipif(os.environ.get("CI") == "true", reason="2.5 minutes of a 15-minute CI budget; run it locally")
 def test_export_and_workers_sections_in_quick_mode(toy_data, tiny_run, tmp_path):
     pytest.importorskip("tensorflow_text")  # what the exported model needs
@@ -154,6 +168,12 @@ def test_an_unknown_section_or_a_missing_corpus_is_one_line_and_exit_code_1(toy_
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("error: unknown section 'speed'; valid sections: train, decode, w2v, stream, "
                                    "export, workers")
+    for precision, message in (("float32,float32", "--precision takes distinct precisions separated by commas; "
+                                                    "got float32,float32"),
+                               ("float32,bf16", "train.precision must be one of auto, float32, mixed_float16, "
+                                                "mixed_bfloat16; got 'bf16'")):
+        proc = speed("--only", "train", "--precision", precision, "--data", toy_data)
+        assert (proc.returncode, proc.stderr.strip()) == (1, f"error: {message}")
     proc = speed("--only", "train", "--data", tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-2:] == [

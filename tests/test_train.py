@@ -16,7 +16,7 @@ from pipeline.errors import ConfigError, StageError
 from pipeline.model import build_model
 from pipeline.tokenize import tokenize
 from pipeline.vocab import BOS, EOS, PAD
-from pipeline.distribute import Loop, token_loss
+from pipeline.distribute import Loop, devices, precision_for, token_loss
 from pipeline.train import compile_for_training, filter_length, train
 from tests.conftest import TINY_MODEL, toy_pairs, write_corpus
 
@@ -159,10 +159,14 @@ def test_each_epoch_is_checkpointed_keeping_the_last_n(tmp_path, toy_corpus):
 
 def test_a_time_budget_stops_training_within_the_first_epoch(tmp_path, toy_corpus):
     run = _tokenized(tmp_path, toy_corpus)
-    report = train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=5, batch_size=8, time_budget=1e-6),
+    report = train(run, ModelConfig(**TINY_MODEL), TrainConfig(epochs=5, batch_size=8, time_budget=1e-6,
+                                                               precision="auto"),
                    dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
     assert report["epochs_run"] == 1
     assert run.path("train", "model.keras").is_file()  # the cut epoch was still validated and saved
+    # auto's choice for this machine is in the report, the setting itself in the manifest's config
+    assert report["precision"] == precision_for("auto", devices())
+    assert run.manifest("train")["config"]["train"]["precision"] == "auto"
 
 
 # mixed_float16 (loss scaling, Keras wraps the optimizer) is for GPUs: on this CPU its float16
@@ -179,7 +183,7 @@ def test_mixed_precision_trains_and_saves_a_float32_model(tmp_path, toy_corpus, 
     losses = [float(row["val_loss"]) for row in rows]
     assert all(np.isfinite(float(row["loss"])) for row in rows)
     assert losses[-1] < 0.6 * losses[0]  # it learns (float32: 2.78 -> 1.12), through bfloat16 / loss-scaled float16 gradients
-    assert report["epochs_run"] == 3
+    assert (report["epochs_run"], report["precision"]) == (3, precision)
     assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
     model = keras.saving.load_model(run.path("train", "model.keras"), compile=False)
     assert {w.dtype for w in model.weights} == {"float32"}
