@@ -25,6 +25,7 @@ from keras import ops
 
 from pipeline.attention import BahdanauAttention, attend
 from pipeline.config import ModelConfig
+from pipeline.recurrence import gru_attention_recurrence
 from pipeline.vocab import PAD
 
 
@@ -228,20 +229,26 @@ class Seq2Seq(keras.Model):
         2*units) and E y_0..y_{T-1} (batch, T, E) -> logits (batch, T, tgt_vocab)."""
         return self._logits(self._readout(hidden, contexts, embedded, training))
 
-    def recurrence(self, encoded: Encoded, state, projected):
+    def recurrence(self, encoded: Encoded, state, projected, autodiff: bool = False):
         """The part of teacher forcing that runs step by step: attention and cell over the target
         positions. projected (batch, T, gates*units) -> s_1..s_T (batch, T, units) and the
-        contexts c_1..c_T (batch, T, 2*units)."""
-        context0 = ops.zeros_like(encoded.values[:, 0, :])  # (batch, 2*units)
+        contexts c_1..c_T (batch, T, 2*units). The GRU's backward pass is written out
+        (`pipeline.recurrence`); the LSTMs' (or with `autodiff`, the GRU's) is TensorFlow's
+        differentiation of the same steps."""
         attention_weights = self.attention.step_weights(projected.dtype)  # cast once, outside the loop
         cell_weights = self.decoder_cell.step_weights(projected.dtype)
+        time_major = tf.transpose(projected, [1, 0, 2])  # (T, batch, gates*units)
+        if self.cell_type == "gru" and not autodiff:
+            hidden, contexts = gru_attention_recurrence(time_major, encoded.keys, encoded.values, encoded.mask,
+                                                        state[0], attention_weights, cell_weights)
+            return tf.transpose(hidden, [1, 0, 2]), tf.transpose(contexts, [1, 0, 2])
 
         def step(carry, x_t):
             state, _ = carry
             context, _ = attend(state[0], encoded.keys, encoded.values, encoded.mask, attention_weights)
             return self.decoder_cell.step(x_t, context, state, cell_weights), context
 
-        time_major = tf.transpose(projected, [1, 0, 2])  # (T, batch, gates*units)
+        context0 = ops.zeros_like(encoded.values[:, 0, :])  # (batch, 2*units)
         states, contexts = tf.scan(step, time_major, initializer=(tuple(state), context0))
         return tf.transpose(states[0], [1, 0, 2]), tf.transpose(contexts, [1, 0, 2])
 

@@ -91,6 +91,38 @@ def test_the_encoder_loop_computes_what_the_keras_layer_does(cell):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+def test_the_decoder_recurrence_backward_pass_is_tensorflows_gradient():
+    """The GRU recurrence's written-out backward pass (`pipeline.recurrence`) gives the gradients
+    TensorFlow's differentiation of the same steps gives: every weight, the encoder's outputs and
+    the inputs, with source padding, for a loss on both the states and the contexts. In float64,
+    where the two orders of summation round alike to far below what they are checked to."""
+    keras.utils.set_random_seed(3)
+    model = build_model(ModelConfig(embed_dim=16, units=12, attention_units=10), 50, 40, precision="float64")
+    src, tgt = _batch(np.random.default_rng(0), batch=4, tgt_len=6)
+    rng = np.random.default_rng(1)
+    for weight in (model.attention.score_vector.kernel, model.attention.query_projection.kernel):
+        weight.assign(rng.normal(size=weight.shape) * 2)  # attention far from uniform, as after training
+    weigh_h, weigh_c = rng.normal(size=(4, 6, 12)), rng.normal(size=(4, 6, 24))
+    results = []
+    for autodiff in (True, False):
+        with tf.GradientTape() as tape:
+            encoded, state = model.encode(src)
+            projected = model.decoder_cell.project_inputs(model.tgt_embedding(tgt))
+            hidden, contexts = model.recurrence(encoded, state, projected, autodiff=autodiff)
+            loss = tf.reduce_sum(hidden * weigh_h) + tf.reduce_sum(contexts * weigh_c)
+        results.append((hidden, contexts, tape.gradient(loss, model.trainable_variables)))
+    (h_auto, c_auto, g_auto), (h_ours, c_ours, g_ours) = results
+    np.testing.assert_allclose(np.asarray(h_ours), np.asarray(h_auto), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(c_ours), np.asarray(c_auto), atol=1e-12)
+    names = [v.path for v in model.trainable_variables]
+    assert [n for n, g in zip(names, g_ours) if g is None] == [n for n, g in zip(names, g_auto) if g is None]
+    assert sum(g is not None for g in g_ours) == 19  # all but the readout (kernel, bias) and the output bias
+    for name, grad, ours in zip(names, g_auto, g_ours):
+        if grad is not None:
+            grad, ours = np.asarray(tf.convert_to_tensor(grad)), np.asarray(tf.convert_to_tensor(ours))
+            np.testing.assert_allclose(ours, grad, rtol=1e-9, atol=1e-12 * np.abs(grad).max(), err_msg=name)
+
+
 def test_decode_step_matches_teacher_forcing():
     """One decoder step (used by every search) computes what the training loop computes."""
     model = build_model(ModelConfig(embed_dim=16, units=12, attention_units=10), 50, 40)
