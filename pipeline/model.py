@@ -25,7 +25,7 @@ from keras import ops
 
 from pipeline.attention import BahdanauAttention, attend
 from pipeline.config import ModelConfig
-from pipeline.recurrence import gru_attention_recurrence
+from pipeline.recurrence import gru_attention_recurrence, masked_gru
 from pipeline.vocab import PAD
 
 
@@ -288,7 +288,7 @@ class Seq2Seq(keras.Model):
         }
 
 
-def bidirectional_recurrence(cell: str, layer, x, mask):
+def bidirectional_recurrence(cell: str, layer, x, mask, autodiff: bool = False):
     """A Bidirectional Keras GRU or LSTM layer on its own weights: what `layer(x, mask=mask)`
     computes, with the input projections W x_t + b of every time step done before the loop.
 
@@ -299,7 +299,8 @@ def bidirectional_recurrence(cell: str, layer, x, mask):
     x (batch, T, input_dim), mask (batch, T) bool -> outputs (batch, T, 2*units), the forward
     outputs before the backward ones, and the final states [h_fwd(, c_fwd), h_bwd(, c_bwd)], as
     Keras returns them. On padding the state stays as it was and the output is 0; the backward
-    direction runs over the reversed padded sequence, as Keras's `go_backwards` does.
+    direction runs over the reversed padded sequence, as Keras's `go_backwards` does. The GRU's
+    backward pass is written out (`pipeline.recurrence.masked_gru`) unless `autodiff`.
     """
     real = ops.transpose(ops.cast(mask, "bool"), (1, 0))[:, :, None]  # (T, batch, 1)
     outputs, states = [], []
@@ -322,8 +323,11 @@ def bidirectional_recurrence(cell: str, layer, x, mask):
             return [ops.where(real_t, n, old) for n, old in zip(new, state)]
 
         zeros = ops.zeros((ops.shape(x)[0], weights.units), dtype=x.dtype)
-        initial = [zeros] if cell == "gru" else [zeros, zeros]
-        steps = tf.scan(step, (time_major, real_in_order), initializer=initial)  # each (T, batch, units)
+        if cell == "gru" and not autodiff:  # its backward pass written out
+            steps = [masked_gru(time_major, real_in_order, zeros, recurrent_kernel, recurrent_bias)]
+        else:
+            initial = [zeros] if cell == "gru" else [zeros, zeros]
+            steps = tf.scan(step, (time_major, real_in_order), initializer=initial)  # each (T, batch, units)
         out = ops.where(real_in_order, steps[0], ops.zeros_like(steps[0]))
         outputs.append(ops.flip(out, 0) if backwards else out)
         states += [s[-1] for s in steps]

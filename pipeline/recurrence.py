@@ -93,3 +93,50 @@ def _recurrence(x, keys, values, mask, h0, w2, b2, v, w_context, w_recurrent, b_
                 summed_product(h_prev, d_rho), tf.reduce_sum(d_rho, [0, 1]))
 
     return (hidden, contexts), grad
+
+
+def masked_gru(x, real, h0, w_recurrent, b_recurrent):
+    """One direction of the encoder's GRU (Keras's reset-after GRU, as `bidirectional_recurrence`
+    runs it), its backward pass written out as the decoder's is.
+
+    x (T, batch, 3*units) time-major inputs already projected (W x_t + b); real (T, batch, 1) bool,
+    False on padding, where the state stays as it was; h0 (batch, units); w_recurrent (units,
+    3*units), b_recurrent (3*units,). Returns the states s_1..s_T (T, batch, units)."""
+    return _masked_gru(x, real, h0, w_recurrent, b_recurrent)
+
+
+@tf.custom_gradient
+def _masked_gru(x, real, h0, w_recurrent, b_recurrent):
+    def step(carry, inputs):
+        h = carry[0]
+        x_t, real_t = inputs
+        x_z, x_r, x_h = tf.split(x_t, 3, axis=-1)
+        r_z, r_r, r_h = tf.split(tf.matmul(h, w_recurrent) + b_recurrent, 3, axis=-1)
+        z, r = tf.sigmoid(x_z + r_z), tf.sigmoid(x_r + r_r)
+        n = tf.tanh(x_h + r * r_h)
+        return tf.where(real_t, z * h + (1.0 - z) * n, h), z, r, n, r_h
+
+    like_h = tf.zeros_like(h0)
+    hidden, z, r, n, r_h = tf.scan(step, (x, real), initializer=(h0, like_h, like_h, like_h, like_h))
+
+    def grad(d_hidden):
+        h_prev = tf.concat([h0[None], hidden[:-1]], 0)  # s_0..s_{T-1}
+
+        def back(carry, inputs):
+            dh_out, h, real_t, z_t, r_t, n_t, rh_t = inputs
+            dh = dh_out + carry[0]  # ∂s_t
+            dg = tf.where(real_t, dh, tf.zeros_like(dh))  # what reaches the gates: nothing on padding
+            dz = dg * (h - n_t) * z_t * (1.0 - z_t)
+            dn = dg * (1.0 - z_t) * (1.0 - n_t * n_t)
+            dr = dn * rh_t * r_t * (1.0 - r_t)
+            d_rho = tf.concat([dz, dr, dn * r_t], -1)
+            dh_prev = dh * tf.where(real_t, z_t, tf.ones_like(z_t)) + tf.matmul(d_rho, w_recurrent, transpose_b=True)
+            return dh_prev, tf.concat([dz, dr, dn], -1), d_rho
+
+        initial = (like_h, tf.zeros_like(x[0]), tf.zeros_like(x[0]))
+        dh, d_x, d_rho = tf.scan(back, (d_hidden, h_prev, real, z, r, n, r_h), initializer=initial, reverse=True)
+        d_w = tf.matmul(tf.reshape(h_prev, [-1, tf.shape(h0)[-1]]), tf.reshape(d_rho, [-1, tf.shape(x)[-1]]),
+                        transpose_a=True)  # Σ_t s_{t-1}ᵀ ∂ρ_t
+        return d_x, None, dh[0], d_w, tf.reduce_sum(d_rho, [0, 1])
+
+    return hidden, grad

@@ -91,6 +91,26 @@ def test_the_encoder_loop_computes_what_the_keras_layer_does(cell):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+def test_the_encoder_gru_backward_pass_is_tensorflows_gradient():
+    """The encoder GRU's written-out backward pass (`pipeline.recurrence.masked_gru`) against
+    TensorFlow's differentiation of the same loop, in float64: the weights' and the inputs'
+    gradients, with padding."""
+    model = build_model(ModelConfig(embed_dim=16, units=12, attention_units=10), 50, 40, precision="float64")
+    src, _ = _batch(np.random.default_rng(0))
+    layer, mask = model.encoder_layers[0], src != PAD
+    weigh = np.random.default_rng(1).normal(size=(3, 7, 24))
+    grads = []
+    for autodiff in (True, False):
+        x = model.src_embedding(src)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs, states = bidirectional_recurrence("gru", layer, x, mask, autodiff=autodiff)
+            loss = tf.reduce_sum(outputs * weigh) + sum(tf.reduce_sum(s * s) for s in states)
+        grads.append(tape.gradient(loss, [x, *layer.trainable_weights]))
+    for ours, theirs in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-9, atol=1e-12)
+
+
 def test_the_decoder_recurrence_backward_pass_is_tensorflows_gradient():
     """The GRU recurrence's written-out backward pass (`pipeline.recurrence`) gives the gradients
     TensorFlow's differentiation of the same steps gives: every weight, the encoder's outputs and
