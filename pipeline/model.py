@@ -25,7 +25,7 @@ from keras import ops
 
 from pipeline.attention import BahdanauAttention, attend
 from pipeline.config import ModelConfig
-from pipeline.recurrence import gru_attention_recurrence, masked_gru
+from pipeline.recurrence import gru_attention_recurrence, gru_gates, masked_gru
 from pipeline.vocab import PAD
 
 
@@ -335,12 +335,9 @@ def bidirectional_recurrence(cell: str, layer, x, mask, autodiff: bool = False):
 
 
 def _gru_gates(x, recurrent, h):
-    """Keras's reset-after GRU: x and recurrent (..., 3*units) in the order z, r, h."""
-    x_z, x_r, x_h = ops.split(x, 3, axis=-1)
-    h_z, h_r, h_h = ops.split(recurrent, 3, axis=-1)
-    z = ops.sigmoid(x_z + h_z)
-    r = ops.sigmoid(x_r + h_r)
-    return (z * h + (1.0 - z) * ops.tanh(x_h + r * h_h),)  # Keras's convention: z keeps the old state
+    """Keras's reset-after GRU step: x and recurrent (..., 3*units) in the order z, r, h."""
+    z, _, n, _ = gru_gates(x, recurrent)
+    return (z * h + (1.0 - z) * n,)  # Keras's convention: z keeps the old state
 
 
 def _lstm_gates(z, c):
