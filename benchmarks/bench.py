@@ -135,8 +135,8 @@ class Settings:
     interval: int = 100  # JoeyNMT logs its tokens/s every 100 steps (rnn_jaen.yaml)
     batch_size: int = 64
     model: dict = field(default_factory=dict)  # ModelConfig overrides; {} is the reference model
-    precisions: tuple = ("float32",)  # the training step's (TrainConfig.precision): the first is the figure,
-    # each other one a row beside it
+    precisions: tuple = (TrainConfig.precision,)  # the training step's: the first is the figure, each other one
+    # a row beside it
     pairs: Optional[int] = None  # training pairs used; None: all
     test_sentences: Optional[int] = None  # None: all
     repeats: int = 5

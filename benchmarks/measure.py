@@ -77,8 +77,8 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
 
     run = Run.at(spec["run"])
     model_config = ModelConfig(**spec["model"])
-    config = TrainConfig(batch_size=spec["batch_size"],
-                         precision=precision_for(spec.get("precision", "float32"), devices()))  # auto resolved
+    setting = spec.get("precision", TrainConfig.precision)
+    config = TrainConfig(batch_size=spec["batch_size"], precision=precision_for(setting, devices()))  # auto resolved
     processors, _ = load_tokenizers(run, needed_by=NEEDED_BY)
     corpus = load_encoded(run, needed_by=NEEDED_BY)
     keras.utils.set_random_seed(config.seed)  # as `train` does
@@ -116,7 +116,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             "first_step_s": round(times[1] - times[0], 2),  # tracing the training step included
             "tokens_per_step": round(float(np.mean(tokens)), 1), "batch_size": config.batch_size,
             "train_pairs": corpus.pairs, "vocab": {side: processors[side].get_piece_size() for side in processors},
-            "parameters": model.count_params(), "model": spec["model"], "precision": config.precision,
+            "parameters": model.count_params(), "model": spec["model"], "precision": config.precision, "precision_setting": setting,
             "threads": threads, "onednn": bool(onednn_enabled())}
 
 

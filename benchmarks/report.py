@@ -259,7 +259,8 @@ def _details(results: dict[str, Any]) -> list[str]:
             f"{num(min(rates))}-{num(max(rates))} tok/s) after {train['warmup_steps']} warm-up steps; "
             f"{train['train_pairs']:,} pairs, batches of {train['batch_size']} sentences, "
             f"{train['tokens_per_step']:,.0f} target tokens a step; {train['parameters']:,} parameters (JoeyNMT's: "
-            f"4,978,688); {train.get('precision', 'float32')}, TensorFlow's oneDNN "
+            f"4,978,688); {train.get('precision', 'float32')}{' (auto)' * (train.get('precision_setting') == 'auto')}"
+            f", TensorFlow's oneDNN "
             f"{('off', 'on')[train['onednn']] if 'onednn' in train else 'not recorded'}; first step, tracing included, "
             f"{train['first_step_s']:.1f} s")
         for name, other in train.get("precisions", {}).items():

@@ -274,9 +274,9 @@ def main(
     workers: Optional[int] = typer.Option(None, help="Worker processes of the workers section's cluster (default 2)."),
     threads: Optional[int] = typer.Option(None, help="TensorFlow intra- and inter-op threads, gensim workers "
                                                      "(default: the cores this process may use)."),
-    precision: Optional[str] = typer.Option(None, help="Training precision: float32 (default), mixed_bfloat16, "
-                                                       "mixed_float16; several, comma-separated, measured one "
-                                                       "after the other, e.g. float32,mixed_bfloat16."),
+    precision: Optional[str] = typer.Option(None, help="Training precision: auto (train's default), float32, "
+                                                       "mixed_bfloat16, mixed_float16; several, comma-separated, "
+                                                       "measured one after the other, e.g. auto,float32."),
     data: Path = typer.Option(ROOT / "data" / "small_parallel_enja", help="Folder with train.ja, train.en, test.ja."),
     run: Path = typer.Option(ROOT / "saved_models" / "enja", help="A trained run for decode and export."),
     json_path: Path = json_option(ROOT / "benchmarks" / "results" / "speed.json"),

@@ -136,9 +136,9 @@ class TrainConfig(Section):
     # mixed: layers compute in float16 (GPUs with tensor cores; the loss is scaled) or bfloat16
     # (newer CPUs and GPUs), weights stay float32; the saved model is float32. auto: see
     # pipeline.distribute.precision_for
-    precision: str = setting("float32", "float32; mixed precision: mixed_float16 (GPU) or mixed_bfloat16; or auto: "
-                                        "mixed_bfloat16 on a CPU with bfloat16 instructions (AVX512-BF16, AMX), "
-                                        "float32 elsewhere.", choices=PRECISIONS)
+    precision: str = setting("auto", "auto: mixed_bfloat16 on a CPU with bfloat16 instructions (AVX512-BF16, "
+                                     "AMX) and no GPU, float32 elsewhere; or float32, mixed_float16 (GPU), "
+                                     "mixed_bfloat16.", choices=PRECISIONS)
     # subword regularisation (Kudo 2018): pipeline/corpus.py's `Resegmenter`
     subword_alpha: float = setting(0.0, "Segment the training pairs anew each epoch by SentencePiece's sampling with "
                                         "this smoothing, e.g. 0.1 (0: off, the best segmentation); dev and test "
