@@ -164,7 +164,8 @@ class Settings:
         for precision in self.precisions:
             TrainConfig(batch_size=self.batch_size, precision=precision).validate()
         if not self.precisions or len(set(self.precisions)) != len(self.precisions):
-            raise ConfigError(f"--precision takes distinct precisions separated by commas; got {','.join(self.precisions)}")
+            raise ConfigError("--precision takes distinct precisions separated by commas; got "
+                              + ",".join(self.precisions))
 
     @property
     def precision(self) -> str:

@@ -116,7 +116,8 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             "first_step_s": round(times[1] - times[0], 2),  # tracing the training step included
             "tokens_per_step": round(float(np.mean(tokens)), 1), "batch_size": config.batch_size,
             "train_pairs": corpus.pairs, "vocab": {side: processors[side].get_piece_size() for side in processors},
-            "parameters": model.count_params(), "model": spec["model"], "precision": config.precision, "precision_setting": setting,
+            "parameters": model.count_params(), "model": spec["model"], "precision": config.precision,
+            "precision_setting": setting,
             "threads": threads, "onednn": bool(onednn_enabled())}
 
 

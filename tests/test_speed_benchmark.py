@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import report
 from benchmarks.measure import batch_tokens, interval_rates
+from pipeline.distribute import devices, precision_for
 from pipeline.errors import ConfigError
 from pipeline.tokenize import PAD
 from tests.conftest import ROOT, toy_pairs, write_corpus
@@ -34,12 +35,16 @@ def toy_data(tmp_path_factory):
 
 def test_quick_mode_measures_every_figure(toy_data, tiny_run, tmp_path):
     out = tmp_path / "speed.json"
-    proc = speed("--quick", "--data", toy_data, "--run", tiny_run.root, "--json", out)
+    proc = speed("--quick", "--precision", "auto,float32", "--data", toy_data, "--run", tiny_run.root, "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
 
     train = results["train"]
     assert train["tok_per_s"] > 0 and len(train["interval_tok_per_s"]) == 3  # 12 steps in intervals of 4
+    # train's default precision, then float32 beside it in the same run
+    assert (train["precision_setting"], train["precision"]) == ("auto", precision_for("auto", devices()))
+    assert list(train["precisions"]) == ["float32"] and train["precisions"]["float32"]["tok_per_s"] > 0
+    assert "training in float32, measured after it" in proc.stdout
     assert train["train_pairs"] == 600 and train["batch_size"] == 64
     assert 100 < train["process"]["peak_rss_mib"] < 3 * 1024
     assert train["threads"]["intra_op"] == results["about"]["threads"]["intra_op"] >= 1
@@ -63,23 +68,10 @@ def test_quick_mode_measures_every_figure(toy_data, tiny_run, tmp_path):
     assert all(r["train"]["tok_per_s"] > 0 for r in rows)
 
     names = [f["figure"] for f in results["figures"]]
-    assert names == ["training throughput", "training peak RSS", "decoding, greedy", "decoding, beam 5",
+    assert names == ["training throughput", "training throughput, float32", "training peak RSS", "decoding, greedy",
+                     "decoding, beam 5",
                      "decoding, outputs differing by batch size (1, 16, 128)", "word2vec, both sides"]
     assert "training throughput" in proc.stdout and "QUICK MODE" in proc.stdout
-
-
-def test_several_precisions_are_measured_in_one_run_each_beside_the_peer(toy_data, tmp_path):
-    out = tmp_path / "speed.json"
-    proc = speed("--quick", "--only", "train", "--precision", "float32,mixed_bfloat16", "--data", toy_data,
-                 "--json", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    train = json.loads(out.read_text())["train"]
-    assert train["precision"] == "float32" and train["tok_per_s"] > 0
-    assert list(train["precisions"]) == ["mixed_bfloat16"]
-    assert train["precisions"]["mixed_bfloat16"]["precision"] == "mixed_bfloat16"
-    assert train["precisions"]["mixed_bfloat16"]["tok_per_s"] > 0
-    assert "training throughput, mixed_bfloat16" in proc.stdout
-    assert "training in mixed_bfloat16, measured after it" in proc.stdout
 
 
 @pytest.mark.skipif(os.environ.get("CI") == "true", reason="2.5 minutes of a 15-minute CI budget; run it locally")
