@@ -218,8 +218,6 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
     fingerprint = {"settings": _jsonable(declared.settings), "tokenize": tok_manifest["outputs"],
                    "pretrain": run.manifest("pretrain")["outputs"] if embeddings is not None else None,
                    "dev": {k: sha256(v) for k, v in declared.inputs.items() if v}}
-    if config.precision == "auto":  # its choice too: a resume on another machine must not switch it
-        fingerprint["precision"] = precision
 
     with run.writing(STAGE, resumable=True, resume=resume is not False) as stage:
         backup = Backup(stage.dir / "backup")
@@ -250,8 +248,11 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
 
 def declare(model_config: ModelConfig, config: TrainConfig, bleu_tokenize: str, dev_src: str | None,
             dev_tgt: str | None) -> Declaration:
-    """The stage's settings and inputs, as its manifest records them (see `Declaration`)."""
-    return Declaration({"model": asdict(model_config), "train": asdict(config), "bleu_tokenize": bleu_tokenize},
+    """The stage's settings and inputs, as its manifest records them (see `Declaration`). A
+    precision of `auto` is recorded as what it computes in on this machine: a run trained in
+    float32 stays up to date where auto means float32, and a resume cannot switch precision."""
+    train = {**asdict(config), "precision": distribute.precision_for(config.precision, distribute.devices())}
+    return Declaration({"model": asdict(model_config), "train": train, "bleu_tokenize": bleu_tokenize},
                        {"dev_src": dev_src, "dev_tgt": dev_tgt})
 
 
