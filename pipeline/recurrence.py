@@ -1,4 +1,5 @@
-"""The decoder's teacher-forced recurrence for the GRU, with its backward pass written out (BPTT).
+"""The GRU loops of training, with their backward passes written out (BPTT): the decoder's
+teacher-forced recurrence with attention, and each direction of the encoder (`masked_gru`).
 
 Forward, per target position t (`Seq2Seq.recurrence`, the step `attend` + `DecoderCell.step`):
 
@@ -8,11 +9,12 @@ Forward, per target position t (`Seq2Seq.recurrence`, the step `attend` + `Decod
     z = σ(x'_z + ρ_z)   r = σ(x'_r + ρ_r)   n = tanh(x'_h + r ⊙ ρ_h)    s_t = z ⊙ s_{t-1} + (1 - z) ⊙ n
 
 Differentiating `tf.scan` automatically makes every step add its share of each weight's gradient
-(and of K's and V's) into an accumulator, dozens of small ops a step. Here the backward loop
-carries only ∂s (and K's sum), and stacks what each step yields: ∂x'_t, ∂ρ_t, ∂q_t, the scores'
-gradient and ∂c_t. The weights' gradients are then a few large products over all steps at once,
-Σ_t s_{t-1}ᵀ ∂ρ_t = S_prevᵀ ∂P and so on, as cuDNN computes an RNN's. The same numbers as
-autodiff's up to rounding (tests/test_model.py).
+(and of K's and V's) into an accumulator, dozens of small ops a step. Here the forward loop keeps
+only s_t, c_t and α_t; the backward pass first recomputes the gates and energies of all steps at
+once (large products), then runs a loop that carries only ∂s and stacks what each step yields:
+∂x'_t, ∂ρ_t, ∂q_t, the scores' gradient and ∂c_t. The weights', K's and V's gradients are then a
+few large products over all steps, Σ_t s_{t-1}ᵀ ∂ρ_t = S_prevᵀ ∂P and so on, as cuDNN computes an
+RNN's. The same numbers as autodiff's up to rounding (tests/test_model.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def gru_attention_recurrence(x, keys, values, mask, h0, attention_weights, cell_
 
 @tf.custom_gradient
 def _recurrence(x, keys, values, mask, h0, w2, b2, v, w_context, w_recurrent, b_recurrent):
-    masked = tf.cast(-1e9, keys.dtype)
+    masked = tf.cast(-3e4 if keys.dtype == tf.float16 else -1e9, keys.dtype)  # as `attend`: fp16 max 65504
 
     def step(carry, x_t):
         h = carry[0]
