@@ -166,12 +166,12 @@ class Settings:
         if not self.precisions or len(set(self.precisions)) != len(self.precisions):
             raise ConfigError("--precision takes distinct precisions separated by commas; got "
                               + ",".join(self.precisions))
+        PretrainConfig(**self.word2vec).validate()
 
     @property
     def precision(self) -> str:
         """The precision of the figure of record (the others are measured beside it)."""
         return self.precisions[0]
-        PretrainConfig(**self.word2vec).validate()
 
 
 QUICK = dict(steps=12, warmup=3, interval=4, model=dict(embed_dim=32, units=32, attention_units=32),

@@ -48,6 +48,11 @@ class BahdanauAttention(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
+def padding_score(dtype) -> float:
+    """The score that gives a padding position no weight: -1e9, or -3e4 in float16 (max 65504)."""
+    return -3e4 if keras.backend.standardize_dtype(dtype) == "float16" else -1e9
+
+
 def attend(query, keys, values, mask, weights):
     """One decoder step's attention.
 
@@ -61,8 +66,7 @@ def attend(query, keys, values, mask, weights):
     w2, b2, v = weights
     projected_query = ops.expand_dims(ops.matmul(query, w2) + b2, 1)  # (batch, 1, att_units)
     scores = ops.squeeze(ops.matmul(ops.tanh(keys + projected_query), v), -1)  # (batch, src_len)
-    masked = -3e4 if keras.backend.standardize_dtype(scores.dtype) == "float16" else -1e9  # fp16 max 65504
-    scores = ops.where(mask, scores, ops.full_like(scores, masked))
+    scores = ops.where(mask, scores, ops.full_like(scores, padding_score(scores.dtype)))
     alphas = ops.softmax(scores, axis=-1)
     context = ops.squeeze(ops.matmul(ops.expand_dims(alphas, 1), values), 1)  # (batch, 1, src_len) @ values
     return context, alphas

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from pipeline.attention import padding_score
+
 
 def gru_attention_recurrence(x, keys, values, mask, h0, attention_weights, cell_weights):
     """x (T, batch, 3*units) time-major projected inputs; keys (batch, S, att), values (batch, S,
@@ -34,7 +36,7 @@ def gru_attention_recurrence(x, keys, values, mask, h0, attention_weights, cell_
 
 @tf.custom_gradient
 def _recurrence(x, keys, values, mask, h0, w2, b2, v, w_context, w_recurrent, b_recurrent):
-    masked = tf.cast(-3e4 if keys.dtype == tf.float16 else -1e9, keys.dtype)  # as `attend`: fp16 max 65504
+    masked = tf.cast(padding_score(keys.dtype), keys.dtype)
 
     def step(carry, x_t):
         h = carry[0]
@@ -70,8 +72,8 @@ def _recurrence(x, keys, values, mask, h0, w2, b2, v, w_context, w_recurrent, b_
         d_hidden = tf.zeros_like(hidden) if d_hidden is None else d_hidden
         d_contexts = tf.zeros_like(contexts) if d_contexts is None else d_contexts
         steps = (d_hidden, d_contexts, h_prev, z, r, n, r_h, alpha, slope)
-        initial = (tf.zeros_like(h0), tf.zeros_like(x[0]), tf.zeros_like(x[0]), tf.zeros_like(h_prev[0] @ w2),
-                   tf.zeros_like(keys[:, :, 0]), tf.zeros_like(values[:, 0, :]))
+        initial = (tf.zeros_like(h0), tf.zeros_like(x[0]), tf.zeros_like(x[0]), tf.zeros_like(keys[:, 0, :]),
+                   tf.zeros_like(keys[:, :, 0]), tf.zeros_like(values[:, 0, :]))  # the shapes of a step's outputs
         dh, d_x, d_rho, dq, d_scores, dc = tf.scan(back, steps, initializer=initial, reverse=True)
         d_keys = tf.reduce_sum(d_scores[..., None] * slope, 0) * v_row  # Σ_t ∂E_t: (batch, S, att)
         d_values = tf.matmul(tf.transpose(alpha, [1, 2, 0]), tf.transpose(dc, [1, 0, 2]))  # Σ_t α_tᵀ ∂c_t
@@ -80,6 +82,7 @@ def _recurrence(x, keys, values, mask, h0, w2, b2, v, w_context, w_recurrent, b_
                 _summed_product(h_prev, d_rho), tf.reduce_sum(d_rho, [0, 1]))
 
     return (hidden, contexts), grad
+
 
 def masked_gru(x, real, h0, w_recurrent, b_recurrent):
     """One direction of the encoder's GRU (Keras's reset-after GRU, as `bidirectional_recurrence`

@@ -205,16 +205,16 @@ def _train(run: Run, model_config: ModelConfig, config: TrainConfig, dev_src: st
     strategy = distribute.strategy(config.strategy)  # first: a cluster's must start before TensorFlow runs
     chief = distribute.is_chief(strategy)
     hardware = distribute.devices()
-    precision = distribute.precision_for(config.precision, hardware)
     processors, tok_manifest = load_tokenizers(run, needed_by=STAGE)
     data = TrainingData.read(run, processors, config, dev_src, dev_tgt)
     embeddings = _pretrained(run, model_config, config)
+    declared = declare(model_config, config, bleu_tokenize, dev_src, dev_tgt)
+    precision = declared.settings["train"]["precision"]  # auto's choice for this machine
     if config.precision == "auto":  # said once the inputs have passed their checks, which say nothing else
         log.info("precision auto: %s here", precision)
     if precision == "mixed_bfloat16" and not any(hardware[k] for k in ("gpus", "avx512_bf16", "amx_bf16")):
         log.warning("this CPU has no bfloat16 instructions (AVX512-BF16, AMX-BF16): mixed_bfloat16 converts in "
                     "software here and is likely slower than float32")
-    declared = declare(model_config, config, bleu_tokenize, dev_src, dev_tgt)
     fingerprint = {"settings": _jsonable(declared.settings), "tokenize": tok_manifest["outputs"],
                    "pretrain": run.manifest("pretrain")["outputs"] if embeddings is not None else None,
                    "dev": {k: sha256(v) for k, v in declared.inputs.items() if v}}
