@@ -91,7 +91,7 @@ def _import_tensorflow_quietly() -> None:
             sys.stderr.flush()
 
 
-def _guard(fn: Callable[[], Any]) -> Any:
+def guard(fn: Callable[[], Any]) -> Any:
     """Run a stage; turn library errors into one line on stderr and exit code 1."""
     try:
         return fn()
@@ -157,7 +157,7 @@ def settings(**groups: Options) -> Callable:
                 value = kwargs.pop(name)
                 values[group][field_name] = value.value if isinstance(value, enum.Enum) else value
             sections = {group: groups[group].section(**values[group]) for group in groups}
-            _guard(lambda: _validate(sections, flags))
+            guard(lambda: _validate(sections, flags))
             return fn(**kwargs, **sections)
 
         flags = {f"{groups[group].section.SECTION}.{field_name}": "--" + name.replace("_", "-")
@@ -198,7 +198,7 @@ def split(run: str = RunOpt, *, config: SplitConfig, data: DataConfig):
     """Hold out dev and test sets from one corpus file: RUN/split/{train,dev,test}.{src,tgt}."""
     from pipeline.split import split as stage
 
-    _print_json(_guard(lambda: stage(_run(run), config, src=data.src, tgt=data.tgt, tsv=data.tsv,
+    _print_json(guard(lambda: stage(_run(run), config, src=data.src, tgt=data.tgt, tsv=data.tsv,
                                      tsv_src_col=data.tsv_src_col, tsv_tgt_col=data.tsv_tgt_col)))
 
 
@@ -210,7 +210,7 @@ def tokenize(run: str = RunOpt, *, config: TokenizeConfig, data: DataConfig):
     from pipeline import tokenize as stage
     from pipeline.data import guess_lang
 
-    _print_json(_guard(lambda: stage.tokenize(
+    _print_json(guard(lambda: stage.tokenize(
         _run(run), config, src=data.src, tgt=data.tgt, tsv=data.tsv, tsv_src_col=data.tsv_src_col,
         tsv_tgt_col=data.tsv_tgt_col, src_lang=data.src_lang or guess_lang(data.src, "ja"),
         tgt_lang=data.tgt_lang or guess_lang(data.tgt, "en"))))
@@ -227,7 +227,7 @@ def pretrain(
     """Train word2vec (skip-gram, negative sampling) embeddings of each side's pieces."""
     from pipeline.pretrain import pretrain as stage
 
-    report = _guard(lambda: stage(_run(run), config))
+    report = guard(lambda: stage(_run(run), config))
     if not details:
         report = {side: {k: v for k, v in part.items() if k != "neighbours"} for side, part in report.items()}
     _print_json(report)
@@ -247,7 +247,7 @@ def train(
     """Train the encoder-decoder with Bahdanau attention; keep the best model by dev BLEU."""
     from pipeline.train import train as stage
 
-    _print_json(_guard(lambda: stage(_run(run), model, config, dev_src=data.dev_src, dev_tgt=data.dev_tgt,
+    _print_json(guard(lambda: stage(_run(run), model, config, dev_src=data.dev_src, dev_tgt=data.dev_tgt,
                                      resume=resume, bleu_tokenize=bleu.tokenize)))
 
 
@@ -262,7 +262,7 @@ def average(
     """Average a trained run's last checkpoints; keep the result if its dev BLEU is higher."""
     from pipeline.average import average_run
 
-    _print_json(_guard(lambda: average_run(_run(run), last, dev_src=dev_src, dev_tgt=dev_tgt)))
+    _print_json(guard(lambda: average_run(_run(run), last, dev_src=dev_src, dev_tgt=dev_tgt)))
 
 
 def _strategy(ctx: typer.Context, decode: DecodeConfig, greedy: bool, sample: bool) -> DecodeConfig:
@@ -334,7 +334,7 @@ def translate(
                 for h in hyps:
                     f.write(render(h) + "\n")
 
-    _guard(go)
+    guard(go)
 
 
 @app.command()
@@ -362,7 +362,7 @@ def evaluate(
             chosen = dataclasses.replace(config, tokenize=tokenization_of(runs[0], config.tokenize))
         return stage(runs, str(src), [str(r) for r in ref], _strategy(ctx, decode, greedy, False), chosen)
 
-    report = _guard(go)
+    report = guard(go)
     if as_json:
         _print_json(report)
     else:
@@ -396,7 +396,7 @@ def score(
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    _guard(go)
+    guard(go)
 
 
 @app.command()
@@ -410,7 +410,7 @@ def plot(
     """Draw the training curves, and the attention of given sentences, as PNGs in RUN/plots/."""
     from pipeline.plot import plot as stage
 
-    _print_json(_guard(lambda: stage(_run(run), sentence, decode)))
+    _print_json(guard(lambda: stage(_run(run), sentence, decode)))
 
 
 @app.command()
@@ -425,7 +425,7 @@ def export(
     """Write a TensorFlow SavedModel that translates raw text (tokenizers, model, search in one graph)."""
     from pipeline.export import export as stage
 
-    _print_json(_guard(lambda: stage([_run(r) for r in run], out, _strategy(ctx, decode, greedy, False))))
+    _print_json(guard(lambda: stage([_run(r) for r in run], out, _strategy(ctx, decode, greedy, False))))
 
 
 @app.command()
@@ -438,7 +438,7 @@ def download(
     """Fetch a known corpus, each file checked against its pinned sha256."""
     from pipeline.download import download as stage
 
-    _print_json(_guard(lambda: stage(corpus, dest or Path("data") / corpus, base_url=base_url,
+    _print_json(guard(lambda: stage(corpus, dest or Path("data") / corpus, base_url=base_url,
                                      source_dir=from_dir)))
 
 
@@ -455,7 +455,7 @@ def pipeline(
     from pipeline.config import load_pipeline_config
     from pipeline.runner import run_pipeline
 
-    _print_json(_guard(lambda: run_pipeline(load_pipeline_config(config, ctx.args), force=force)))
+    _print_json(guard(lambda: run_pipeline(load_pipeline_config(config, ctx.args), force=force)))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,15 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import typer
 
+from cli import guard
 from pipeline.artifacts import write_json_atomic
-from pipeline.config import ModelConfig, PretrainConfig, TrainConfig
+from pipeline.config import ModelConfig, PretrainConfig, Section, TrainConfig, setting
 from pipeline.errors import ConfigError, PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,20 +32,14 @@ DOWNLOAD_HINT = "python cli.py download small_parallel_enja --from ../shared/dat
 # -- scripts -------------------------------------------------------------------------------------
 
 def command(main: Callable[..., Any]) -> None:
-    """Run `main` as a Typer command, logging on stderr; a PipelineError ends it as `cli.py` ends
-    one: `error: ...`, perhaps `hint: ...`, and exit code 1."""
+    """Run `main` as a Typer command, logging on stderr; a PipelineError ends it as it ends a
+    `cli.py` command (`cli.guard`): `error: ...`, perhaps `hint: ...`, and exit code 1."""
 
     @functools.wraps(main)
     def guarded(**options):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s",
                             datefmt="%H:%M:%S", stream=sys.stderr)
-        try:
-            return main(**options)
-        except PipelineError as e:
-            typer.echo(f"error: {e.message}", err=True)
-            if e.hint:
-                typer.echo(f"hint: {e.hint}", err=True)
-            raise typer.Exit(1)
+        return guard(lambda: main(**options))
 
     typer.run(guarded)
 
@@ -127,56 +122,68 @@ WORD2VEC = {k: getattr(PretrainConfig(), k) for k in ("dim", "window", "negative
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What one speed run measures. The defaults are the full benchmark; QUICK shrinks every size."""
+class Settings(Section):
+    """What one speed run measures: each field a `speed.py` option, defined once as the pipeline's
+    settings are (`pipeline.config.setting`). The defaults are the full benchmark; --quick shrinks
+    every size left at its default to QUICK's."""
 
-    steps: int = 1000  # measured training steps, after the warm-up
-    warmup: int = 50
-    interval: int = 100  # JoeyNMT logs its tokens/s every 100 steps (rnn_jaen.yaml)
-    batch_size: int = 64
+    SECTION = "speed"
+    steps: int = setting(1000, "Measured training steps after the warm-up.", low=1)
+    warmup: int = setting(50, "Training steps before the clock starts.", low=0)
+    interval: int = setting(100, "Steps per throughput interval (JoeyNMT logs its tokens/s every 100).", low=1)
+    batch_size: int = setting(64, "Sentences per training batch (the reference model's).", low=1)
+    precision: str = setting(TrainConfig.precision, "Training precision: auto (train's default), float32, "
+                             "mixed_bfloat16, mixed_float16; several, comma-separated, measured one after the "
+                             "other (the first is the figure), e.g. auto,float32.")
+    pairs: Optional[int] = setting(None, "Training pairs used (default: all).", low=1)
+    test_sentences: Optional[int] = setting(None, "Test sentences decoded (default: all).", low=1)
+    repeats: int = setting(5, "Timed decoding passes after the first.", low=1)
+    batch1_sentences: int = setting(50, "Test sentences also decoded one at a time, outputs compared.", low=1)
+    beam: int = setting(5, "Beam size of the beam-search figures.", low=1)
+    scales: str = setting("1,10,100", "Corpus repetitions of the stream section, comma-separated.")
+    stream_steps: int = setting(200, "Training steps measured at each scale of the stream section.", low=1)
+    stream_word2vec_epochs: int = setting(1, "Pretrain's epochs in the stream section.", low=1)
+    minutes: float = setting(2.0, "Training time of each configuration of the workers section.", low=0.01)
+    workers: int = setting(2, "Worker processes of the workers section's cluster on 127.0.0.1.", low=1)
+    threads: int = setting(len(os.sched_getaffinity(0)), "TensorFlow intra- and inter-op threads, gensim workers "
+                           "(default: the cores this process may use).", low=1)
+    quick: bool = setting(False, "Tiny sizes and a tiny model: a smoke test, not a measurement.")
     model: dict = field(default_factory=dict)  # ModelConfig overrides; {} is the reference model
-    precisions: tuple = (TrainConfig.precision,)  # the training step's: the first is the figure, each other one
-    # a row beside it
-    pairs: Optional[int] = None  # training pairs used; None: all
-    test_sentences: Optional[int] = None  # None: all
-    repeats: int = 5
-    batch1_sentences: int = 50
-    beam: int = 5
-    scales: tuple = (1, 10, 100)
-    stream_steps: int = 200  # training steps measured at each scale of the stream section
-    stream_word2vec_epochs: int = 1  # pretrain's epochs there (the memory and time per pair are the point)
     word2vec: dict = field(default_factory=lambda: dict(WORD2VEC))
-    minutes: float = 2.0  # training time of each configuration of the workers section
-    workers: int = 2  # worker processes of its cluster on 127.0.0.1
-    threads: int = len(os.sched_getaffinity(0))
-    quick: bool = False
 
-    def validate(self) -> None:
-        """The benchmark's own sizes here; the model, the training step and word2vec as the pipeline
-        checks them (`train.precision must be one of ...`)."""
-        for name, least in (("steps", 1), ("warmup", 0), ("interval", 1), ("repeats", 1), ("threads", 1),
-                            ("stream_steps", 1), ("stream_word2vec_epochs", 1), ("minutes", 0.01), ("workers", 1)):
-            if getattr(self, name) < least:
-                raise ConfigError(f"--{name} must be >= {least}; got {getattr(self, name)}")
-        if self.steps < self.interval:
-            raise ConfigError(f"--steps ({self.steps}) must be at least one --interval ({self.interval})")
-        ModelConfig(**self.model).validate()
+    def check(self) -> None:
+        """The sizes that involve several settings; the model, the training step and word2vec as the
+        pipeline checks them (`train.precision must be one of ...`)."""
+        if self.steps < self.interval and not self.quick:  # --quick's sizes come after this check, and again
+            raise ConfigError(f"speed.steps ({self.steps}) must be at least one speed.interval ({self.interval})")
+        if len(set(self.precisions)) != len(self.precisions):
+            raise ConfigError(f"speed.precision takes distinct precisions separated by commas; got "
+                              f"{self.precision}")
         for precision in self.precisions:
             TrainConfig(batch_size=self.batch_size, precision=precision).validate()
-        if not self.precisions or len(set(self.precisions)) != len(self.precisions):
-            raise ConfigError("--precision takes distinct precisions separated by commas; got "
-                              + ",".join(self.precisions))
+        ModelConfig(**self.model).validate()
         PretrainConfig(**self.word2vec).validate()
+        if not all(x.strip().isdigit() and int(x) >= 1 for x in self.scales.split(",")):
+            raise ConfigError(f"speed.scales takes whole numbers >= 1 separated by commas; got {self.scales!r}")
 
     @property
-    def precision(self) -> str:
-        """The precision of the figure of record (the others are measured beside it)."""
-        return self.precisions[0]
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions measured; the first is the figure of record, the others rows beside it."""
+        return tuple(p.strip() for p in self.precision.split(","))
+
+    @property
+    def scale_factors(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.scales.split(","))
+
+    def quick_sizes(self) -> "Settings":
+        """With --quick: QUICK's sizes in place of every default."""
+        defaults = Settings()
+        return replace(self, **{k: v for k, v in QUICK.items() if getattr(self, k) == getattr(defaults, k)})
 
 
 QUICK = dict(steps=12, warmup=3, interval=4, model=dict(embed_dim=32, units=32, attention_units=32),
-             pairs=2000, test_sentences=64, repeats=2, batch1_sentences=8, scales=(1, 2), stream_steps=8,
-             word2vec={**WORD2VEC, "dim": 32, "epochs": 1}, minutes=0.25, quick=True)
+             pairs=2000, test_sentences=64, repeats=2, batch1_sentences=8, scales="1,2", stream_steps=8,
+             word2vec={**WORD2VEC, "dim": 32, "epochs": 1}, minutes=0.25)
 
 
 class Bench:

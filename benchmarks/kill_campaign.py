@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import typer  # noqa: E402
 
 from benchmarks.bench import ROOT, command, log, to_toml  # noqa: E402
-from pipeline.artifacts import Run, sha256  # noqa: E402
+from pipeline.artifacts import Run  # noqa: E402
 from tests.conftest import toy_pairs, write_corpus  # noqa: E402
 
 POINTS = ["write:*", "epoch-end", "backup-saved", "averaged", "before-manifest:train", "swap:*"]
@@ -69,18 +69,15 @@ def fingerprint(run: Path) -> list:
 
 
 def problems(run: Path) -> list[str]:
-    """Manifests that do not parse or whose outputs do not hash as recorded; leftover temporaries."""
+    """Stages whose manifest does not parse or whose outputs do not hash as recorded (`Run.verify`,
+    as the stages downstream check them); leftover temporaries."""
     found = []
     for stage in ("split", "tokenize", "pretrain", "train", "evaluate"):
         try:
-            manifest = Run.at(run).manifest(stage)
-            for name, digest in manifest["outputs"].items():
-                if sha256(run / stage / name) != digest:
-                    found.append(f"{stage}/{name} does not match its manifest")
+            Run.at(run).verify(stage, list(Run.at(run).manifest(stage)["outputs"]))
         except Exception as e:  # noqa: BLE001 - any failure is what the campaign counts
-            found.append(f"{stage}: {e}")
-    found += [f"leftover {p.relative_to(run)}" for p in run.rglob(".*") if p.name not in (".lock", ".staging")]
-    return found
+            found.append(f"{stage}: {getattr(e, 'message', e)}")
+    return found + [f"leftover {p.relative_to(run)}" for p in run.rglob(".*") if p.name not in (".lock", ".staging")]
 
 
 def main(trials: int = typer.Option(10), kills: int = typer.Option(3, help="Most kills per trial."),

@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import typer  # noqa: E402
 
 from benchmarks import peer, report  # noqa: E402
-from benchmarks.bench import (DOWNLOAD_HINT, QUICK, ROOT, SRC, TGT, Bench, Settings, child, child_env,  # noqa: E402
-                              choose, command, json_option, log, write_json)
+from benchmarks.bench import (DOWNLOAD_HINT, ROOT, SRC, TGT, Bench, Settings, child, child_env, choose,  # noqa: E402
+                              command, json_option, log, write_json)
+from cli import Options, settings  # noqa: E402
 from pipeline.artifacts import Run  # noqa: E402
 from pipeline.config import DecodeConfig  # noqa: E402
 from pipeline.errors import ConfigError, InputError, PipelineError  # noqa: E402
@@ -76,7 +77,7 @@ def measure_train(bench: Bench) -> dict[str, Any]:
 def _train_spec(s: Settings, steps: int | None = None) -> dict[str, Any]:
     warmup, interval = (s.warmup, s.interval) if steps is None else (max(1, steps // 10), max(1, steps // 4))
     return {"steps": steps or s.steps, "warmup": warmup, "interval": interval, "batch_size": s.batch_size,
-            "model": s.model, "precision": s.precision}
+            "model": s.model, "precision": s.precisions[0]}
 
 
 def _untrained(run: Path, section: str) -> dict[str, str] | None:
@@ -129,7 +130,7 @@ def measure_stream(bench: Bench, baseline: str | None = None) -> dict[str, Any]:
     s = bench.settings
     word2vec, spec = {**s.word2vec, "epochs": s.stream_word2vec_epochs}, _train_spec(s, s.stream_steps)
     rows = []
-    for scale in s.scales:
+    for scale in s.scale_factors:
         tokenized, pretrained = bench.stage("tokenize", scale), bench.stage("pretrain", scale, word2vec)
         word2vec_s = pretrained["report"]["both"]["train_seconds"]
         trained = bench.measure("train", {**spec, "run": str(tokenized["run"])})
@@ -201,7 +202,7 @@ def measure_workers(bench: Bench) -> dict[str, Any]:
     s = bench.settings
     tokenized, each = bench.stage("tokenize", 1)["run"], max(1, s.threads // s.workers)
     args = ["--epochs", 1, "--time-budget", s.minutes, "--no-pretrained", "--average-checkpoints", 0,
-            "--batch-size", s.batch_size, "--precision", s.precision,
+            "--batch-size", s.batch_size, "--precision", s.precisions[0],
             *(x for key, value in s.model.items() for x in (f"--{key.replace('_', '-')}", value))]
 
     def train(name: str, threads: int, cluster: dict | None = None) -> dict[str, Any]:
@@ -260,23 +261,11 @@ def benchmark(settings: Settings, sections: list[str], data: Path, run: Path, wo
     return results
 
 
+@settings(s=Options(Settings, skip=("model", "word2vec")))
 def main(
     only: str = typer.Option(",".join(DEFAULT_SECTIONS), help=f"Comma-separated sections: {', '.join(SECTIONS)}."),
-    quick: bool = typer.Option(False, help="Tiny sizes and a tiny model: a smoke test, not a measurement."),
-    steps: Optional[int] = typer.Option(None, help="Measured training steps after the warm-up (default 1000)."),
-    warmup: Optional[int] = typer.Option(None, help="Training steps before the clock starts (default 50)."),
-    interval: Optional[int] = typer.Option(None, help="Steps per throughput interval (default 100)."),
-    repeats: Optional[int] = typer.Option(None, help="Timed decoding passes after the first (default 5)."),
-    scales: Optional[str] = typer.Option(None, help="Corpus repetitions for the stream section (default 1,10,100)."),
     baseline: Optional[str] = typer.Option(None, help="A commit whose training steps the stream section measures "
                                                       "too, in a worktree of it: old and new side by side."),
-    minutes: Optional[float] = typer.Option(None, help="Training time of each workers configuration (default 2)."),
-    workers: Optional[int] = typer.Option(None, help="Worker processes of the workers section's cluster (default 2)."),
-    threads: Optional[int] = typer.Option(None, help="TensorFlow intra- and inter-op threads, gensim workers "
-                                                     "(default: the cores this process may use)."),
-    precision: Optional[str] = typer.Option(None, help="Training precision: auto (train's default), float32, "
-                                                       "mixed_bfloat16, mixed_float16; several, comma-separated, "
-                                                       "measured one after the other, e.g. auto,float32."),
     data: Path = typer.Option(ROOT / "data" / "small_parallel_enja", help="Folder with train.ja, train.en, test.ja."),
     run: Path = typer.Option(ROOT / "saved_models" / "enja", help="A trained run for decode and export."),
     json_path: Path = json_option(ROOT / "benchmarks" / "results" / "speed.json"),
@@ -286,6 +275,7 @@ def main(
     peer_steps: Optional[int] = typer.Option(None, help="Training steps of the peer with --peer-venv "
                                                         "(default 600; --quick: 12)."),
     workdir: Optional[Path] = typer.Option(None, help="Scratch folder, kept afterwards (default: a temporary one)."),
+    *, s: Settings,
 ):
     """Measure training, decoding, word2vec, streaming, export and multi-worker speed and memory beside JoeyNMT."""
     if from_json:
@@ -293,18 +283,12 @@ def main(
         results["figures"] = report.figures(results)  # with the report's current rules
     else:
         sections = [name for name in SECTIONS if name in choose(only, SECTIONS, "section")]
-        overrides = {k: v for k, v in dict(steps=steps, warmup=warmup, interval=interval, repeats=repeats,
-                                           minutes=minutes, workers=workers, threads=threads,
-                                           precisions=precision and tuple(precision.split(","))).items()
-                     if v is not None}
-        if scales:
-            overrides["scales"] = _scales(scales)
-        settings = replace(Settings(**(QUICK if quick else {})), **overrides)
-        settings.validate()
-        if peer_steps is None:
-            peer_steps = 3 * settings.interval if quick else 600
-        if settings.quick:
+        if s.quick:
+            s = s.quick_sizes()
+            s.validate()
             log.warning("quick mode: a smoke test on tiny sizes; its figures say nothing about speed")
+        if peer_steps is None:
+            peer_steps = 3 * s.interval if s.quick else 600
         if (load := os.getloadavg()[0]) > report.RECORD_LOAD:
             log.warning("load average %.2f on %d cores: other work shares the CPU; the figures will be low and "
                         "not a run of record (no --markdown section)", load, os.cpu_count())
@@ -314,19 +298,11 @@ def main(
         with tempfile.TemporaryDirectory(prefix="nmt-speed-") as scratch:
             folder = Path(workdir or scratch).resolve()
             folder.mkdir(parents=True, exist_ok=True)
-            results = benchmark(settings, sections, data.resolve(), run.resolve(), folder, peer_venv, peer_steps,
-                                baseline)
+            results = benchmark(s, sections, data.resolve(), run.resolve(), folder, peer_venv, peer_steps, baseline)
         write_json(json_path, results)
     typer.echo(report.render(results, markdown))
     if any("error" in results.get(name, {}) for name in SECTIONS + ("peer",)):
         raise typer.Exit(1)
-
-
-def _scales(text: str) -> tuple[int, ...]:
-    values = tuple(int(x) for x in text.split(",") if x.strip().isdigit())
-    if len(values) != len(text.split(",")) or min(values) < 1:
-        raise ConfigError(f"--scales takes whole numbers >= 1 separated by commas; got {text!r}")
-    return values
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
     python benchmarks/train_profile.py                  # the reference model (issue 4), batches of 64
     python benchmarks/train_profile.py --json -         # the figures as JSON on stdout
+    python benchmarks/train_profile.py --units 512 --precision float32   # train's options, as train has them
 
 One process times, alternating round by round, forward and backward passes of:
 
-    step        the whole training step as `cli.py train` runs it (Model.train_on_batch: the
+    step        the whole training step as `cli.py train` runs it (`pipeline.distribute.Loop`: the
                 masked loss, Adam, clipping)
     encoder     embeddings, the bidirectional RNN, the bridge and the attention keys
     recurrence  the decoder's step-by-step part: attention and cell over the target positions
@@ -27,6 +28,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -35,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 import typer  # noqa: E402
 
 from benchmarks.bench import command, json_option, log, table, write_json  # noqa: E402
+from cli import Options, settings  # noqa: E402
+from pipeline.config import ModelConfig, TrainConfig  # noqa: E402
 
 
 def flops(b: int, s: int, t: int, embed: int, units: int, att: int, vocab: int, gates: int,
@@ -54,39 +58,35 @@ def flops(b: int, s: int, t: int, embed: int, units: int, att: int, vocab: int, 
     return parts
 
 
+@settings(config=Options(ModelConfig, only=("cell", "embed_dim", "units", "attention_units", "layers")),
+          train=Options(TrainConfig, only=("batch_size", "precision")))
 def main(
-    batch: int = typer.Option(64),
     src_len: int = typer.Option(16, help="Source pieces a sentence, </s> included (ja-en batches: 15.9 on average)."),
     tgt_len: int = typer.Option(11, help="Target pieces a sentence, <s> included (ja-en batches: 10.7)."),
     vocab: int = typer.Option(4000),
-    embed: int = typer.Option(256),
-    units: int = typer.Option(256),
-    cell: str = typer.Option("gru"),
-    precision: str = typer.Option("float32", help="float32 or mixed_bfloat16 (the products below in bfloat16 too)."),
     rounds: int = typer.Option(7, help="Timed rounds, after one untimed."),
     repeats: int = typer.Option(10, help="Calls of each part a round."),
     json_path: Optional[Path] = json_option(None),
+    *, config: ModelConfig, train: TrainConfig,
 ):
     """Where a training step's time goes, part by part, against the arithmetic it has to do."""
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.config import ModelConfig, TrainConfig
+    from pipeline.distribute import Loop, devices, precision_for, token_loss
     from pipeline.model import build_model
-    from pipeline.distribute import Loop, token_loss
     from pipeline.train import compile_for_training
 
     keras.utils.set_random_seed(1)
-    config = ModelConfig(cell=cell, embed_dim=embed, units=units, attention_units=units)
-    config.validate()  # `model.cell must be one of gru, lstm, lstm-peephole`, as cli.py says it
-    train = TrainConfig(precision=precision)
-    train.validate()
+    embed, units, cell = config.embed_dim, config.units, config.cell
+    precision = precision_for(train.precision, devices())  # auto resolved as train resolves it
+    train = replace(train, precision=precision)
     model = build_model(config, vocab, vocab, precision=precision)
     compile_for_training(model, train)
     loop = Loop(tf.distribute.get_strategy(), model, train.clip_norm, train.label_smoothing)
     rng = np.random.default_rng(1)
-    b, s, t = batch, src_len, tgt_len
+    b, s, t = train.batch_size, src_len, tgt_len
     src = tf.constant(rng.integers(4, vocab, (b, s)), tf.int32)
     tgt_in = tf.constant(rng.integers(4, vocab, (b, t)), tf.int32)
     tgt_out = tf.constant(rng.integers(4, vocab, (b, t)), tf.int32)
@@ -154,12 +154,12 @@ def main(
                 times[name].append((time.perf_counter() - start) / repeats)
         log.info("round %d/%d", round_, rounds)
 
-    work = flops(b, s, t, embed, units, units, vocab, 3 if cell == "gru" else 4, config.layers)
+    work = flops(b, s, t, embed, units, config.attention_units, vocab, 3 if cell == "gru" else 4, config.layers)
     ms = {name: statistics.median(v) * 1000 for name, v in times.items()}
     peak = max(work[n] / ms[n] / 1e6 for n in ("matmul", "peak"))  # GFLOP/s
     figures = {
         "shape": {"batch": b, "src_len": s, "tgt_len": t, "vocab": vocab, "embed": embed, "units": units,
-                  "cell": cell},
+                  "cell": cell, "precision": precision},
         "parts": {name: {"ms": round(ms[name], 2), "gflop": round(work[name] / 1e9, 6),
                          "gflop_per_s": round(work[name] / ms[name] / 1e6, 3),
                          "runs_ms": [round(x * 1000, 2) for x in times[name]]} for name in parts},
@@ -168,7 +168,7 @@ def main(
         "parts_sum_ms": round(ms["encoder"] + ms["recurrence"] + ms["output"], 2),
     }
     print(f"batch {b} x source {s} x target {t} pieces, vocab {vocab}, embed {embed}, "
-          f"{cell} {units}; medians of {rounds} rounds of {repeats} calls")
+          f"{cell} {units}, {precision}; medians of {rounds} rounds of {repeats} calls")
     rows = [[name, f"{p['ms']:.2f}", f"{ms[name] / ms['step']:.0%}" if name in ("encoder", "recurrence", "output")
              else "", f"{p['gflop']:.3f}", f"{p['gflop_per_s']:.1f}"] for name, p in figures["parts"].items()]
     print("\n".join(table(["part", "ms", "share", "GFLOP", "GFLOP/s"], rows)))

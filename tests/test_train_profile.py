@@ -41,8 +41,9 @@ def test_operation_counts_match_the_model_weights():
 
 def test_profile_runs_and_reports_every_part(tmp_path):
     out = tmp_path / "profile.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_profile.py"), "--batch", "4",
-                           "--src-len", "5", "--tgt-len", "4", "--vocab", "40", "--embed", "8", "--units", "8",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_profile.py"), "--batch-size", "4",
+                           "--src-len", "5", "--tgt-len", "4", "--vocab", "40", "--embed-dim", "8", "--units", "8",
+                           "--attention-units", "8", "--precision", "float32",
                            "--rounds", "1", "--repeats", "1", "--json", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
