@@ -122,10 +122,16 @@ class TrainConfig(Section):
     clip_norm: float = setting(1.0, "Global gradient-norm clipping.", low=0, low_open=True)
     label_smoothing: float = setting(0.1, "Label smoothing of the loss.", low=0, high=1, high_open=True)
     patience: int = setting(4, "Epochs without a better dev BLEU before stopping.", low=1)
-    lr_decay: float = setting(0.5, "Multiply the learning rate by this when dev BLEU stalls.", low=0, high=1,
+    # the learning rate's course: pipeline/train.py's `LearningRateSchedule`
+    lr_schedule: str = setting("plateau", "plateau: lower the learning rate by lr_decay when dev BLEU stalls; "
+                               "cosine: lower it along a half cosine to 0 at the last epoch (Loshchilov and Hutter "
+                               "2017).", choices=("plateau", "cosine"))
+    warmup_steps: int = setting(0, "Raise the learning rate linearly from 0 over this many steps first (0: off).",
+                                low=0)
+    lr_decay: float = setting(0.5, "Multiply the learning rate by this when dev BLEU stalls (plateau).", low=0, high=1,
                               low_open=True, high_open=True)
-    lr_patience: int = setting(1, "Epochs without a better dev BLEU (by 0.1) before the learning rate is lowered.",
-                               low=1)
+    lr_patience: int = setting(1, "Epochs without a better dev BLEU (by 0.1) before the learning rate is lowered "
+                               "(plateau).", low=1)
     pretrained: bool = setting(True, "Initialise embeddings from the pretrain stage if it ran.")
     freeze_embeddings: bool = setting(False, "Keep pretrained embeddings fixed.")
     max_len: int = setting(80, "Skip training pairs with this many pieces or more on a side.", low=1)
@@ -270,6 +276,22 @@ def from_dict(cls: type[T], values: dict[str, Any], where: str = "") -> T:
     if hasattr(obj, "validate"):
         obj.validate()
     return obj
+
+
+def with_new_settings(recorded: dict[str, Any], current: dict[str, Any], section: str) -> dict[str, Any]:
+    """Settings that a stage recorded (its manifest's, an interrupted training's), with each setting
+    that `current` holds at its default and they lack filled in. Such a setting came into the code
+    after they were written; a new setting's default keeps the behaviour from before it, so a run
+    made before an upgrade stays up to date, and its interrupted training resumable. `section`
+    names the Section whose fields the top level holds; a nested dict is the section of its key."""
+    defaults = {f.name: f.default for cls in Section.__subclasses__() if cls.SECTION == section for f in fields(cls)}
+    filled = dict(recorded)
+    for key, value in current.items():
+        if key not in filled and key in defaults and value == defaults[key]:
+            filled[key] = value
+        elif isinstance(value, dict) and isinstance(filled.get(key), dict):
+            filled[key] = with_new_settings(filled[key], value, key)
+    return filled
 
 
 def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:

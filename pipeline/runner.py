@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from pipeline.artifacts import Declaration, Run, sha256
-from pipeline.config import DataConfig, PipelineConfig
+from pipeline.config import DataConfig, PipelineConfig, with_new_settings
 from pipeline.data import guess_lang
 from pipeline.errors import ConfigError
 from pipeline.progress import log
@@ -90,7 +90,8 @@ def _up_to_date(run: Run, stage: str, declared: Declaration, upstream_finished: 
     if not run.has(stage):
         return False
     manifest = run.manifest(stage)
-    if manifest.get("config") != _jsonable(declared.settings):
+    settings = _jsonable(declared.settings)
+    if with_new_settings(manifest.get("config") or {}, settings, stage) != settings:
         return False
     if manifest.get("finished_unix", 0.0) < upstream_finished:
         return False

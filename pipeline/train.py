@@ -17,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict
@@ -30,7 +31,7 @@ from pipeline import distribute, faults
 from pipeline.artifacts import Declaration, Run, atomic_path, sha256, write_json_atomic, write_text_atomic
 from pipeline.average import try_average
 from pipeline.checkpoints import BEST, CHECKPOINTS, Backup, epoch_checkpoints, save_for_inference
-from pipeline.config import EvaluateConfig, ModelConfig, TrainConfig
+from pipeline.config import EvaluateConfig, ModelConfig, TrainConfig, with_new_settings
 from pipeline.corpus import POOL, EncodedCorpus, Resegmenter, batches, epoch_seed, pool_of
 from pipeline.data import read_parallel
 from pipeline.errors import InputError, StageError
@@ -87,6 +88,33 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if time.perf_counter() - self.began >= self.seconds:
             self.model.stop_training = True
+
+
+class LearningRateSchedule(keras.callbacks.Callback):
+    """Sets the learning rate before each step from the optimizer's step count (so a resumed
+    training continues the course): raised linearly from 0 to `peak` over `warmup` steps, then
+    either left to ReduceLROnPlateau (`total` None, the plateau schedule) or lowered along a half
+    cosine to 0 at step `total` (Loshchilov and Hutter 2017, SGDR without restarts)."""
+
+    def __init__(self, peak: float, warmup: int, total: int | None = None):
+        super().__init__()
+        self.peak, self.warmup, self.total = peak, warmup, total
+
+    def rate(self, step: int) -> float | None:
+        """The rate of 0-based `step`; None where the schedule leaves it as it is."""
+        if step < self.warmup:
+            return self.peak * (step + 1) / self.warmup
+        if self.total is None:
+            return self.peak if step == self.warmup else None  # the warm-up's end: the peak exactly
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (rate := self.rate(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)))) is not None:
+            self.model.optimizer.learning_rate = rate
+
+    def on_epoch_end(self, epoch, logs=None):  # the history's column, as ReduceLROnPlateau writes it
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
 class EpochCheckpoints(keras.callbacks.Callback):
@@ -265,6 +293,8 @@ def _resumable(backup: Backup, fingerprint: dict, resume: bool | None, directory
             log.warning("discarding the interrupted training in %s (--restart)", directory)
         return None, None
     recorded = _read_json(directory / "fingerprint.json")
+    if isinstance(recorded, dict) and isinstance(recorded.get("settings"), dict):  # settings added since: defaults
+        recorded = {**recorded, "settings": with_new_settings(recorded["settings"], fingerprint["settings"], STAGE)}
     if recorded != fingerprint:
         if resume:
             raise StageError(f"the interrupted training in {directory} used other settings or inputs "
@@ -300,9 +330,7 @@ def _fit(loop: distribute.Loop, translator: Translator, data: "TrainingData", co
     elapsed_before = state["history"][-1]["elapsed_s"] if state else 0.0
     callbacks = [
         DevBleu(translator, data.dev, config.dev_decode, bleu_tokenize, out / BEST, save=chief),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_bleu", mode="max", factor=config.lr_decay,
-                                          patience=config.lr_patience, min_delta=0.1,
-                                          min_lr=config.learning_rate / 64, verbose=0),
+        *_schedule(config, data.batches_per_epoch(config.batch_size)),
         keras.callbacks.EarlyStopping(monitor="val_bleu", mode="max", patience=config.patience, min_delta=0.1),
         EpochLog(config.epochs),
         BatchProgress(config.epochs, data.batches_per_epoch(config.batch_size)),
@@ -322,6 +350,21 @@ def _fit(loop: distribute.Loop, translator: Translator, data: "TrainingData", co
         return loop.fit(lambda epoch, min_rows: data.batches(epoch, config, min_rows), data.dev_batches(config),
                         epochs=config.epochs, initial_epoch=done_before, callbacks=callbacks,
                         elapsed_before=elapsed_before)
+
+
+def _schedule(config: TrainConfig, batches_per_epoch: int) -> list[keras.callbacks.Callback]:
+    """The callbacks that set the learning rate: the warm-up, if any, then the plateau rule
+    (ReduceLROnPlateau on dev BLEU) or the cosine's course to the last epoch."""
+    cosine = config.lr_schedule == "cosine"
+    callbacks = []
+    if config.warmup_steps or cosine:
+        callbacks.append(LearningRateSchedule(config.learning_rate, config.warmup_steps,
+                                              config.epochs * batches_per_epoch if cosine else None))
+    if not cosine:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_bleu", mode="max", factor=config.lr_decay, patience=config.lr_patience, min_delta=0.1,
+            min_lr=config.learning_rate / 64, verbose=0))
+    return callbacks
 
 
 def weights_digest(model: keras.Model) -> str:

@@ -10,7 +10,8 @@ import typer
 
 import cli
 from pipeline.config import (DataConfig, DecodeConfig, EvaluateConfig, ModelConfig, PipelineConfig, PretrainConfig,
-                             Section, SplitConfig, TokenizeConfig, TrainConfig, from_dict, load_pipeline_config)
+                             Section, SplitConfig, TokenizeConfig, TrainConfig, from_dict, load_pipeline_config,
+                             with_new_settings)
 from pipeline.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -107,3 +108,18 @@ def test_sections_check_their_fields_from_the_definitions():
         TrainConfig(label_smoothing=1.0).validate()
     with pytest.raises(ConfigError, match=r"^decode.temperature must be > 0; got 0.0$"):
         DecodeConfig(temperature=0.0).validate()
+
+
+def test_a_setting_added_since_a_stage_was_recorded_counts_there_at_its_default():
+    """Nested sections by their key (train's manifest holds [model] and [train]); a setting that
+    the record lacks matches only its default."""
+    current = {"model": dataclasses.asdict(ModelConfig()), "train": dataclasses.asdict(TrainConfig()),
+               "bleu_tokenize": "13a"}
+    recorded = {**current, "train": {k: v for k, v in current["train"].items() if k != "warmup_steps"}}
+    assert with_new_settings(recorded, current, "train") == current
+    changed = {**current, "train": {**current["train"], "warmup_steps": 100}}
+    assert with_new_settings(recorded, changed, "train") != changed
+    tokenize = {**dataclasses.asdict(TokenizeConfig()), "languages": {"src": "ja", "tgt": "en"}}
+    older = {k: v for k, v in tokenize.items() if k != "max_tokens"}
+    assert with_new_settings(older, tokenize, "tokenize") == tokenize
+    assert with_new_settings({**older, "vocab_size": 8}, tokenize, "tokenize") != tokenize  # a real difference stays

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import pipeline.model  # noqa: F401 (registers Seq2Seq, the class model.keras names)
-from pipeline.artifacts import Declaration, Run
+from pipeline.artifacts import MANIFEST, Declaration, Run
 from pipeline.config import ConfigError, load_pipeline_config
 from tests.conftest import ROOT, cli_in_process
 from tests.test_cli import cli
@@ -63,6 +63,15 @@ def test_pipeline_runs_all_stages_then_skips_what_is_up_to_date(tmp_path, toy_co
 
     again = json.loads(cli_in_process("pipeline", "--config", config).stdout)
     assert [s["status"] for s in again["stages"].values()] == ["skipped"] * 4
+
+    # a run made before a setting existed (its manifest lacks it) stays up to date at the setting's default
+    path = run.stage_dir("train") / MANIFEST
+    recorded = json.loads(path.read_text())
+    for key in ("lr_schedule", "warmup_steps"):
+        del recorded["config"]["train"][key]
+    path.write_text(json.dumps(recorded))
+    older = json.loads(cli_in_process("pipeline", "--config", config).stdout)
+    assert [s["status"] for s in older["stages"].values()] == ["skipped"] * 4
 
     # a stage rerun by hand outdates the stages after it
     manifest = run.manifest("train")

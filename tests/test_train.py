@@ -254,3 +254,38 @@ def test_subword_regularisation_trains_on_sampled_segmentations_and_resumes_exac
 def test_subword_nbest_must_allow_a_choice():
     with pytest.raises(ConfigError, match="train.subword_nbest must be -1 .all. or at least 2"):
         TrainConfig(subword_alpha=0.1, subword_nbest=1).validate()
+
+
+def test_the_schedules_course_warm_up_then_plateau_or_cosine():
+    warm = train_module.LearningRateSchedule(1e-3, warmup=4)
+    assert [warm.rate(s) for s in range(6)] == [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, None]  # then ReduceLROnPlateau's
+    cosine = train_module.LearningRateSchedule(1e-3, warmup=2, total=12)
+    rates = [cosine.rate(s) for s in range(14)]
+    assert rates[:3] == [5e-4, 1e-3, 1e-3] and rates[7] == pytest.approx(5e-4) and rates[12] == rates[13] == 0.0
+    assert all(a > b for a, b in zip(rates[2:12], rates[3:12]))
+    plateau = [type(cb).__name__ for cb in train_module._schedule(TrainConfig(), 10)]
+    assert plateau == ["ReduceLROnPlateau"]  # the default: no warm-up, no per-step callback
+    assert [type(cb).__name__ for cb in train_module._schedule(TrainConfig(lr_schedule="cosine"), 10)] == [
+        "LearningRateSchedule"]
+
+
+def test_a_cosine_schedule_with_warm_up_trains_and_resumes_on_its_course(tmp_path, toy_corpus, monkeypatch):
+    """The rate comes from the optimizer's step count, which the backup keeps: a resumed training
+    ends with the weights of an uninterrupted one, its rate at the cosine's end."""
+    run = _tokenized(tmp_path, toy_corpus)
+    dev = dict(dev_src=str(toy_corpus["dev_src"]), dev_tgt=str(toy_corpus["dev_tgt"]))
+    config = TrainConfig(epochs=2, batch_size=64, patience=10, average_checkpoints=0, lr_schedule="cosine",
+                         warmup_steps=3, learning_rate=0.01)
+
+    def weights(**options):
+        train(run, ModelConfig(**TINY_MODEL), config, **dev, **options)
+        return keras.saving.load_model(run.path("train", "model.keras"), compile=False).get_weights()
+
+    uninterrupted = weights()
+    with open(run.path("train", "history.csv")) as f:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(f)]
+    assert rates[0] < 0.01 and rates[1] < 0.001  # the last step's rate: near the cosine's 0
+    with _interrupted_at_epoch(1, monkeypatch), pytest.raises(KeyboardInterrupt):
+        train(run, ModelConfig(**TINY_MODEL), config, resume=False, **dev)
+    for a, b in zip(weights(resume=True), uninterrupted, strict=True):
+        np.testing.assert_array_equal(a, b)
