@@ -19,9 +19,9 @@ Distributed Memory") to the block: a block draws `NOISE_DRAWS * negatives` of th
 `1 / NOISE_DRAWS` of a noise term, so every pair's expected update is word2vec's with `negatives`
 noise words, at half the output rows that noise drawn per centre word needs (30 rows against 60
 with window 5 and 5 negatives; gathering rows is the step's dearest part under XLA on a CPU). On
-small_parallel_enja this costs no held-out fit against noise drawn per centre word
-(`benchmarks/w2v_heldout.py`, BENCHMARKS.md): both land about 0.01 nats a pair above gensim's
-per-pair draws, within their spread over seeds of each other.
+small_parallel_enja this costs no held-out fit against noise drawn per centre word, and both
+land within 0.01 nats a pair of gensim's per-pair draws (`benchmarks/w2v_heldout.py`;
+BENCHMARKS.md, "bfloat16 on AMX": 0.003-0.008 above, about the spread over seeds).
 
 XLA runs the step on one core; `pipeline.pretrain` trains the two sides at once to use two.
 """
