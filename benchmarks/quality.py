@@ -56,6 +56,11 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "ja-en, dropout 0.3, lr_patience 2": ("configs/enja.toml", {"model": {"dropout": 0.3}, "train": {"lr_patience": 2}},
                                           (1, 5, 10)),
     "en-ja, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}}, (1, 5, 10)),
+    # a warm-up of about an epoch, then a half cosine to 0 at epoch 20, every epoch run (no early stop)
+    "ja-en, cosine schedule": ("configs/enja.toml", {"train": {"keep_checkpoints": 0, "lr_schedule": "cosine",
+                                                               "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
+    "en-ja, cosine schedule": ("configs/en2ja.toml", {"train": {"lr_schedule": "cosine", "warmup_steps": 800,
+                                                                "patience": 20}}, (1, 5, 10)),
 }
 # name -> (member jobs, beams to evaluate): their runs' models ensembled at translate time; the
 # members are trained by their own jobs (which come first in the default order)
