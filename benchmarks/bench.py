@@ -154,7 +154,7 @@ class Settings(Section):
     def check(self) -> None:
         """The sizes that involve several settings; the model, the training step and word2vec as the
         pipeline checks them (`train.precision must be one of ...`)."""
-        if self.steps < self.interval and not self.quick:  # --quick's sizes come after this check, and again
+        if self.steps < self.interval and not self.quick:  # with --quick: checked once QUICK's sizes are in
             raise ConfigError(f"speed.steps ({self.steps}) must be at least one speed.interval ({self.interval})")
         if len(set(self.precisions)) != len(self.precisions):
             raise ConfigError(f"speed.precision takes distinct precisions separated by commas; got "

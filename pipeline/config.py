@@ -284,7 +284,8 @@ def with_new_settings(recorded: dict[str, Any], current: dict[str, Any], section
     after they were written; a new setting's default keeps the behaviour from before it, so a run
     made before an upgrade stays up to date, and its interrupted training resumable. `section`
     names the Section whose fields the top level holds; a nested dict is the section of its key."""
-    defaults = {f.name: f.default for cls in Section.__subclasses__() if cls.SECTION == section for f in fields(cls)}
+    defaults = next((dataclasses.asdict(f.default_factory()) for f in fields(PipelineConfig)
+                     if f.default_factory is not dataclasses.MISSING and f.name == section), {})
     filled = dict(recorded)
     for key, value in current.items():
         if key not in filled and key in defaults and value == defaults[key]:
