@@ -56,6 +56,8 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "ja-en, dropout 0.3, lr_patience 2": ("configs/enja.toml", {"model": {"dropout": 0.3}, "train": {"lr_patience": 2}},
                                           (1, 5, 10)),
     "en-ja, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}}, (1, 5, 10)),
+    "ja-en, word dropout 0.1": ("configs/enja.toml", {"model": {"word_dropout": 0.1}, "train": {
+        "keep_checkpoints": 0}}, (1, 5, 10)),
     # a warm-up of about an epoch, then a half cosine to 0 at epoch 20, every epoch run (no early stop)
     "ja-en, cosine schedule": ("configs/enja.toml", {"train": {"keep_checkpoints": 0, "lr_schedule": "cosine",
                                                                "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),

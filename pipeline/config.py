@@ -110,6 +110,9 @@ class ModelConfig(Section):
     attention_units: int = setting(256, "Size of the additive attention's hidden layer.", low=1)
     dropout: float = setting(0.2, "Dropout on embeddings, between encoder layers and on the readout.", low=0, high=1,
                              high_open=True)
+    word_dropout: float = setting(0.0, "Drop whole source and target words in training with this probability "
+                                  "(their embeddings zeroed, Sennrich and Zhang 2019); 0: off.", low=0, high=1,
+                                  high_open=True)
     tie_embeddings: bool = setting(True, "Share the target embedding with the output layer.")
 
 

@@ -152,11 +152,12 @@ class DecoderCell(keras.layers.Layer):
 class Seq2Seq(keras.Model):
     def __init__(self, src_vocab: int, tgt_vocab: int, cell: str = "gru", embed_dim: int = 256,
                  units: int = 256, layers: int = 1, attention_units: int = 256, dropout: float = 0.2,
-                 tie_embeddings: bool = True, **kwargs):
+                 tie_embeddings: bool = True, word_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.cell_type, self.embed_dim, self.units, self.num_layers = cell, embed_dim, units, layers
         self.attention_units, self.dropout_rate, self.tie_embeddings = attention_units, dropout, tie_embeddings
+        self.word_dropout_rate = word_dropout
 
         self.src_embedding = keras.layers.Embedding(src_vocab, embed_dim, name="src_embedding")
         self.tgt_embedding = keras.layers.Embedding(tgt_vocab, embed_dim, name="tgt_embedding")
@@ -170,6 +171,10 @@ class Seq2Seq(keras.Model):
         self.output_projection = (None if tie_embeddings
                                   else keras.layers.Dense(tgt_vocab, use_bias=False, name="output_projection"))
         self.dropout = keras.layers.Dropout(dropout)
+        # a word's whole embedding, one draw per (sentence, position); no layer (and no random
+        # generator among the model's variables) when off, so models saved before it load as they were
+        self.word_dropout = (keras.layers.Dropout(word_dropout, noise_shape=(None, None, 1), name="word_dropout")
+                             if word_dropout else None)
 
     def build(self, input_shape=None):
         # One forward pass on a dummy batch creates every weight, so `keras.saving.load_model`
@@ -190,7 +195,7 @@ class Seq2Seq(keras.Model):
         """src (batch, src_len) int ids, 0 = padding -> (Encoded, initial decoder state)."""
         self.build_sublayers()
         mask = ops.not_equal(src, PAD)  # (batch, src_len)
-        x = self.dropout(self.src_embedding(src), training=training)
+        x = self.dropout(self._drop_words(self.src_embedding(src), training), training=training)
         for i, layer in enumerate(self.encoder_layers):
             if i > 0:
                 x = self.dropout(x, training=training)
@@ -204,6 +209,10 @@ class Seq2Seq(keras.Model):
         h0 = self.bridge(ops.concatenate([h_fwd, h_bwd], axis=-1))  # s_0 = tanh(W_s [→h; ←h])
         keys = self.attention.project_keys(x)
         return Encoded(keys, x, mask), self.decoder_cell.initial_state(h0)
+
+    def _drop_words(self, embedded, training):
+        """(batch, T, E) with whole words zeroed in training (word dropout), when it is on."""
+        return embedded if self.word_dropout is None else self.word_dropout(embedded, training=training)
 
     # -- decoder ---------------------------------------------------------------------------------
 
@@ -220,7 +229,7 @@ class Seq2Seq(keras.Model):
 
     def decode_teacher_forced(self, encoded: Encoded, state, tgt_in, training=False):
         """tgt_in (batch, tgt_len) = <s> y_1 … y_{n-1} -> logits (batch, tgt_len, tgt_vocab)."""
-        embedded = self.dropout(self.tgt_embedding(tgt_in), training=training)  # (batch, T, E)
+        embedded = self.dropout(self._drop_words(self.tgt_embedding(tgt_in), training), training=training)
         hidden, contexts = self.recurrence(encoded, state, self.decoder_cell.project_inputs(embedded))
         return self.output_logits(hidden, contexts, embedded, training)
 
@@ -284,7 +293,7 @@ class Seq2Seq(keras.Model):
             "src_vocab": self.src_vocab, "tgt_vocab": self.tgt_vocab, "cell": self.cell_type,
             "embed_dim": self.embed_dim, "units": self.units, "layers": self.num_layers,
             "attention_units": self.attention_units, "dropout": self.dropout_rate,
-            "tie_embeddings": self.tie_embeddings,
+            "tie_embeddings": self.tie_embeddings, "word_dropout": self.word_dropout_rate,
         }
 
 
@@ -381,6 +390,6 @@ def build_model(config: ModelConfig, src_vocab: int, tgt_vocab: int, precision: 
     with dtype_policy(precision):
         model = Seq2Seq(src_vocab, tgt_vocab, cell=config.cell, embed_dim=config.embed_dim, units=config.units,
                         layers=config.layers, attention_units=config.attention_units, dropout=config.dropout,
-                        tie_embeddings=config.tie_embeddings)
+                        tie_embeddings=config.tie_embeddings, word_dropout=config.word_dropout)
         model.build()
     return model

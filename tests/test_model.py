@@ -231,3 +231,20 @@ def test_a_peephole_lstm_model_trains_a_step_and_reloads(tmp_path):
     save_for_inference(model, tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras", compile=False)
     np.testing.assert_allclose(again((src, src)), model((src, src)), rtol=1e-6)
+
+
+def test_word_dropout_zeroes_whole_words_in_training_only_and_survives_saving(tmp_path):
+    config = ModelConfig(embed_dim=8, units=8, attention_units=8, dropout=0.0, word_dropout=0.5)
+    model = build_model(config, 30, 30)
+    embedded = model.src_embedding(np.full((64, 10), 7))
+    dropped = model._drop_words(embedded, training=True).numpy()
+    kept = np.abs(dropped).sum(-1) != 0  # (64, 10): a whole word is kept or dropped
+    assert 0.35 < kept.mean() < 0.65
+    np.testing.assert_allclose(dropped[kept], 2 * embedded.numpy()[kept], rtol=1e-6)  # inverted dropout
+    np.testing.assert_array_equal(model._drop_words(embedded, training=False), embedded)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    assert keras.saving.load_model(path, compile=False).word_dropout_rate == 0.5
+    # off (the default): no layer, so the model's variables are those of models saved before it existed
+    assert len(build_model(ModelConfig(**{**vars(config), "word_dropout": 0.0}), 30, 30).variables) == len(
+        model.variables) - 1
