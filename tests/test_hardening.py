@@ -402,7 +402,9 @@ def test_shards_of_a_file_concatenate_to_the_unsharded_translation(tiny_run, toy
             f"error: --shard must be K/N with 1 <= K <= N, e.g. 2/8; got '{bad}'")
 
 
-def test_a_missing_corpus_file_hints_download_and_pretrain_prints_a_brief_report(tmp_path, toy_corpus):
+def test_a_missing_corpus_file_hints_download_and_pretrain_prints_a_brief_report(tmp_path, toy_corpus,
+                                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the corpus is not, whether or not this checkout has downloaded it
     proc = cli("tokenize", "--run", tmp_path / "run", "--src", "data/small_parallel_enja/train.ja",
                "--tgt", "data/small_parallel_enja/train.en", check=False)
     assert error_lines(proc) == ["error: file not found: data/small_parallel_enja/train.ja",
