@@ -109,9 +109,13 @@ class LearningRateSchedule(keras.callbacks.Callback):
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         return self.peak * 0.5 * (1.0 + math.cos(math.pi * progress))
 
+    def on_train_begin(self, logs=None):  # the count a resumed training's optimizer came back with, read once
+        self.step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
     def on_train_batch_begin(self, batch, logs=None):
-        if (rate := self.rate(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)))) is not None:
+        if (rate := self.rate(self.step)) is not None:
             self.model.optimizer.learning_rate = rate
+        self.step += 1
 
     def on_epoch_end(self, epoch, logs=None):  # the history's column, as ReduceLROnPlateau writes it
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
