@@ -63,6 +63,9 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
                                                                "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
     "en-ja, cosine schedule": ("configs/en2ja.toml", {"train": {"lr_schedule": "cosine", "warmup_steps": 800,
                                                                 "patience": 20}}, (1, 5, 10)),
+    # dropout 0.3 was still improving at epoch 20 under the plateau rule: 25 epochs of a cosine course
+    "tatoeba ja-en, dropout 0.3, cosine schedule": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}, "train": {
+        "lr_schedule": "cosine", "warmup_steps": 800, "epochs": 25, "patience": 25}}, (1, 5)),
 }
 # name -> (member jobs, beams to evaluate): their runs' models ensembled at translate time; the
 # members are trained by their own jobs (which come first in the default order)
