@@ -63,6 +63,10 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
                                                                "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
     "en-ja, cosine schedule": ("configs/en2ja.toml", {"train": {"lr_schedule": "cosine", "warmup_steps": 800,
                                                                 "patience": 20}}, (1, 5, 10)),
+    "ja-en, cosine schedule, word dropout 0.1": ("configs/enja.toml", {"model": {"word_dropout": 0.1}, "train": {
+        "keep_checkpoints": 0, "lr_schedule": "cosine", "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
+    "en-ja, cosine schedule, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}, "train": {
+        "lr_schedule": "cosine", "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
     # dropout 0.3 was still improving at epoch 20 under the plateau rule: 25 epochs of a cosine course
     "tatoeba ja-en, dropout 0.3, cosine schedule": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}, "train": {
         "lr_schedule": "cosine", "warmup_steps": 800, "epochs": 25, "patience": 25}}, (1, 5)),
