@@ -360,6 +360,9 @@ def _schedule(config: TrainConfig, batches_per_epoch: int) -> list[keras.callbac
     """The callbacks that set the learning rate: the warm-up, if any, then the plateau rule
     (ReduceLROnPlateau on dev BLEU) or the cosine's course to the last epoch."""
     cosine = config.lr_schedule == "cosine"
+    if cosine and config.time_budget:
+        log.warning("the cosine schedule falls to 0 at epoch %d; a time budget may stop the training before "
+                    "the rate has fallen (set --epochs to what fits the budget)", config.epochs)
     callbacks = []
     if config.warmup_steps or cosine:
         callbacks.append(LearningRateSchedule(config.learning_rate, config.warmup_steps,

@@ -269,6 +269,15 @@ def test_the_schedules_course_warm_up_then_plateau_or_cosine():
         "LearningRateSchedule"]
 
 
+def test_a_cosine_course_cut_by_a_time_budget_is_warned_of(caplog):
+    train_module._schedule(TrainConfig(lr_schedule="cosine", epochs=20, time_budget=40), 10)
+    assert "falls to 0 at epoch 20; a time budget may stop the training" in caplog.text
+    caplog.clear()
+    train_module._schedule(TrainConfig(time_budget=40), 10)  # the plateau rule has no course to cut
+    train_module._schedule(TrainConfig(lr_schedule="cosine"), 10)
+    assert "time budget" not in caplog.text
+
+
 def test_a_cosine_schedule_with_warm_up_trains_and_resumes_on_its_course(tmp_path, toy_corpus, monkeypatch):
     """The rate comes from the optimizer's step count, which the backup keeps: a resumed training
     ends with the weights of an uninterrupted one, its rate at the cosine's end."""
