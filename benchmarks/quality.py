@@ -67,6 +67,9 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
         "keep_checkpoints": 0, "lr_schedule": "cosine", "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
     "en-ja, cosine schedule, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}, "train": {
         "lr_schedule": "cosine", "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
+    "en-ja, 512 wide, dropout 0.3, cosine schedule": ("configs/en2ja.toml", {
+        "pretrain": {"dim": 512}, "model": {"embed_dim": 512, "units": 512, "attention_units": 512, "dropout": 0.3},
+        "train": {"lr_schedule": "cosine", "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
     # dropout 0.3 was still improving at epoch 20 under the plateau rule: 25 epochs of a cosine course
     "tatoeba ja-en, dropout 0.3, cosine schedule": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}, "train": {
         "lr_schedule": "cosine", "warmup_steps": 800, "epochs": 25, "patience": 25}}, (1, 5)),
