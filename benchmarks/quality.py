@@ -73,6 +73,9 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     # dropout 0.3 was still improving at epoch 20 under the plateau rule: 25 epochs of a cosine course
     "tatoeba ja-en, dropout 0.3, cosine schedule": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}, "train": {
         "lr_schedule": "cosine", "warmup_steps": 800, "epochs": 25, "patience": 25}}, (1, 5)),
+    "tatoeba ja-en, 512 wide, dropout 0.3": ("configs/tatoeba_jaen.toml", {
+        "pretrain": {"dim": 512}, "model": {"embed_dim": 512, "units": 512, "attention_units": 512, "dropout": 0.3},
+        "train": {"epochs": 30}}, (1, 5)),
     # Sennrich and Zhang (2019) for small corpora: a smaller vocabulary (Japanese needs 2,012 pieces at
     # least) and word dropout, beside the 0.3 dropout; up to 30 epochs of the plateau rule
     "tatoeba ja-en, dropout 0.3, word dropout 0.1, 2,500 pieces": ("configs/tatoeba_jaen.toml", {
