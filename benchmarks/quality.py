@@ -37,6 +37,11 @@ from pipeline.artifacts import Run, write_json_atomic  # noqa: E402
 from pipeline.config import PipelineConfig, from_dict  # noqa: E402
 from pipeline.errors import ConfigError, StageError  # noqa: E402
 
+# a warm-up of about an epoch, then a half cosine to 0 at the last epoch, every epoch run (no early stop)
+COSINE = {"lr_schedule": "cosine", "warmup_steps": 800, "patience": 20}
+# 512 wide everywhere (the pretrained vectors must match the embeddings), with the dropout it needs
+WIDE = {"pretrain": {"dim": 512}, "model": {"embed_dim": 512, "units": 512, "attention_units": 512, "dropout": 0.3}}
+
 # name -> (base config, overrides by section, beams to evaluate)
 JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "ja-en": ("configs/enja.toml", {"train": {"keep_checkpoints": 0}}, (1, 5, 10)),
@@ -58,24 +63,17 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "en-ja, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}}, (1, 5, 10)),
     "ja-en, word dropout 0.1": ("configs/enja.toml", {"model": {"word_dropout": 0.1}, "train": {
         "keep_checkpoints": 0}}, (1, 5, 10)),
-    # a warm-up of about an epoch, then a half cosine to 0 at epoch 20, every epoch run (no early stop)
-    "ja-en, cosine schedule": ("configs/enja.toml", {"train": {"keep_checkpoints": 0, "lr_schedule": "cosine",
-                                                               "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
-    "en-ja, cosine schedule": ("configs/en2ja.toml", {"train": {"lr_schedule": "cosine", "warmup_steps": 800,
-                                                                "patience": 20}}, (1, 5, 10)),
+    "ja-en, cosine schedule": ("configs/enja.toml", {"train": {"keep_checkpoints": 0, **COSINE}}, (1, 5, 10)),
+    "en-ja, cosine schedule": ("configs/en2ja.toml", {"train": COSINE}, (1, 5, 10)),
     "ja-en, cosine schedule, word dropout 0.1": ("configs/enja.toml", {"model": {"word_dropout": 0.1}, "train": {
-        "keep_checkpoints": 0, "lr_schedule": "cosine", "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
-    "en-ja, cosine schedule, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}, "train": {
-        "lr_schedule": "cosine", "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
-    "en-ja, 512 wide, dropout 0.3, cosine schedule": ("configs/en2ja.toml", {
-        "pretrain": {"dim": 512}, "model": {"embed_dim": 512, "units": 512, "attention_units": 512, "dropout": 0.3},
-        "train": {"lr_schedule": "cosine", "warmup_steps": 800, "patience": 20}}, (1, 5, 10)),
+        "keep_checkpoints": 0, **COSINE}}, (1, 5, 10)),
+    "en-ja, cosine schedule, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}, "train": COSINE},
+                                            (1, 5, 10)),
+    "en-ja, 512 wide, dropout 0.3, cosine schedule": ("configs/en2ja.toml", {**WIDE, "train": COSINE}, (1, 5, 10)),
     # dropout 0.3 was still improving at epoch 20 under the plateau rule: 25 epochs of a cosine course
     "tatoeba ja-en, dropout 0.3, cosine schedule": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}, "train": {
-        "lr_schedule": "cosine", "warmup_steps": 800, "epochs": 25, "patience": 25}}, (1, 5)),
-    "tatoeba ja-en, 512 wide, dropout 0.3": ("configs/tatoeba_jaen.toml", {
-        "pretrain": {"dim": 512}, "model": {"embed_dim": 512, "units": 512, "attention_units": 512, "dropout": 0.3},
-        "train": {"epochs": 30}}, (1, 5)),
+        **COSINE, "epochs": 25, "patience": 25}}, (1, 5)),
+    "tatoeba ja-en, 512 wide, dropout 0.3": ("configs/tatoeba_jaen.toml", {**WIDE, "train": {"epochs": 30}}, (1, 5)),
     # Sennrich and Zhang (2019) for small corpora: a smaller vocabulary (Japanese needs 2,012 pieces at
     # least) and word dropout, beside the 0.3 dropout; up to 30 epochs of the plateau rule
     "tatoeba ja-en, dropout 0.3, word dropout 0.1, 2,500 pieces": ("configs/tatoeba_jaen.toml", {
