@@ -70,6 +70,8 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     "en-ja, cosine schedule, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}, "train": COSINE},
                                             (1, 5, 10)),
     "en-ja, 512 wide, dropout 0.3, cosine schedule": ("configs/en2ja.toml", {**WIDE, "train": COSINE}, (1, 5, 10)),
+    "ja-en, 512 wide, dropout 0.3, cosine schedule": ("configs/enja.toml", {**WIDE, "train": {
+        "keep_checkpoints": 0, **COSINE}}, (1, 5, 10)),
     # dropout 0.3 was still improving at epoch 20 under the plateau rule: 25 epochs of a cosine course
     "tatoeba ja-en, dropout 0.3, cosine schedule": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}, "train": {
         **COSINE, "epochs": 25, "patience": 25}}, (1, 5)),
