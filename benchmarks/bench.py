@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -108,12 +109,26 @@ def child(argv: list, what: str, env: dict[str, str] | None = None, root: Path =
     log.info("%s: %s", what, " ".join(str(a) for a in argv[1:]))
     started = time.perf_counter()
     proc = subprocess.Popen([str(a) for a in argv], cwd=root, env=env, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    # `kill` of this script ends its child too (by default SIGTERM ends Python at once, leaving
+    # the child, e.g. a training, running on without its parent); Ctrl-C reaches both already
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - started
     if (code := os.waitstatus_to_exitcode(status)) != 0:
         raise PipelineError(f"{what} failed with exit code {code} (its log is above)")
     return out, {"wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 # -- speed.py and peer.py ------------------------------------------------------------------------

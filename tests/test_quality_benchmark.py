@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 
 import pytest
@@ -121,3 +126,20 @@ def test_results_of_two_benchmarks_side_by_side_are_merged_not_overwritten(tmp_p
     assert quality.save_results(path, {"en-ja": {"test": {}}})["en-ja"] == {"test": {}}  # a rerun replaces its own key
     assert json.loads(path.read_text())["en-ja, seed 2"]["test"]["beam5"]["sacrebleu"] == 38.0
     assert not path.with_name("quality.json.tmp").exists()
+
+
+def test_killing_a_benchmark_ends_the_pipeline_it_runs(tmp_path):
+    """`kill` (SIGTERM) of quality.py while its child trains: the child ends too, rather than
+    training on without a parent (and beside the next run)."""
+    pid = tmp_path / "pid"
+    sleeper = f"import os, time; open({str(pid)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from benchmarks.bench import child; "
+                               f"child([sys.executable, '-c', {sleeper!r}], 'sleeper')"], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not (pid.exists() and pid.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    grandchild = int(pid.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        os.kill(grandchild, 0)  # ended and reaped
