@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -110,8 +111,10 @@ def child(argv: list, what: str, env: dict[str, str] | None = None, root: Path =
     started = time.perf_counter()
     proc = subprocess.Popen([str(a) for a in argv], cwd=root, env=env, stdout=subprocess.PIPE, text=True)
     # `kill` of this script ends its child too (by default SIGTERM ends Python at once, leaving
-    # the child, e.g. a training, running on without its parent); Ctrl-C reaches both already
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    # the child, e.g. a training, running on without its parent); Ctrl-C reaches both already.
+    # Only the main thread may set a handler: children run from threads (the workers section) keep it
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal) if main else None
     try:
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -120,7 +123,8 @@ def child(argv: list, what: str, env: dict[str, str] | None = None, root: Path =
         proc.wait()
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - started
     if (code := os.waitstatus_to_exitcode(status)) != 0:
         raise PipelineError(f"{what} failed with exit code {code} (its log is above)")
