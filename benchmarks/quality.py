@@ -227,7 +227,7 @@ def run_job(name: str, runs: Path, budget: float | None, minutes: float, previou
         "config": str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
         "base": JOBS[name][0], "overrides": JOBS[name][1], "budget_min": budget, "epochs_cap": epochs,
         "stage_seconds": seconds, "train": run.manifest("train", needed_by="benchmarks/quality.py")["report"],
-        "dev_curve": dev_curve(run),
+        "dev_curve": dev_curve(run), "dev_beam": settings.train.dev_beam,
         "test": test_scores([run], *test, tokenize, JOBS[name][2]),
     }
     if "split" in config:  # a test set cut by split: each source with all its translations, one line each
@@ -268,7 +268,8 @@ def markdown(results: dict[str, Any]) -> str:
                         f"line, one reference each, on {one.get('sentences', '?')} lines."]
         if "dev_curve" in r:
             curve = ", ".join(f"{p['dev_bleu']} ({p['elapsed_min']:.0f}′)" for p in r["dev_curve"])
-            out += ["", f"{name}, dev BLEU (greedy) by epoch (minutes since training began): {curve}"]
+            search = "greedy" if r.get("dev_beam", 1) == 1 else f"beam {r['dev_beam']}"
+            out += ["", f"{name}, dev BLEU ({search}) by epoch (minutes since training began): {curve}"]
     for epochs in sorted({r["epochs_cap"] for r in capped.values()}):
         out += ["", f"Ablations, each trained for {epochs} epochs (no checkpoint averaging; test BLEU of the best "
                     "epoch by dev BLEU):", ""]

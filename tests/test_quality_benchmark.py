@@ -45,6 +45,9 @@ def test_markdown_table_and_section_update(tmp_path):
                          "dev_curve": [{"epoch": 1, "elapsed_min": 4.0, "dev_bleu": 16.1, "tok_per_s": 4000}]}}
     section = quality.markdown(results)
     assert "| ja-en | 31.0 | 35.0 |  | 50.0 | 33.30 (7) (averaged) | 9 | 10 | 4,000 | 500 / 500 |" in section
+    assert "ja-en, dev BLEU (greedy) by epoch (minutes since training began): 16.1 (4′)" in section
+    by_beam = {"ja-en": {**results["ja-en"], "dev_beam": 5}}  # the curve says which search it measured
+    assert "ja-en, dev BLEU (beam 5) by epoch" in quality.markdown(by_beam)
     grouped = {f"beam{b}": {**test[f"beam{b}"], "sacrebleu": 40.0 + b, "signature": "nrefs:var|tok:13a",
                             "sentences": 500} for b in (1, 5)}
     tatoeba = {**results["ja-en"], "test": {b: {**t, "sentences": 812} for b, t in test.items()},
