@@ -96,6 +96,8 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
 # members are trained by their own jobs (which come first in the default order)
 ENSEMBLES: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "en-ja, ensemble of 2 seeds": (("en-ja", "en-ja, seed 2"), (1, 5, 10)),
+    "en-ja, 512 wide, ensemble of 2 seeds": (("en-ja, 512 wide, dropout 0.3, cosine schedule",
+                                              "en-ja, 512 wide, dropout 0.3, cosine schedule, seed 2"), (1, 5, 10)),
 }
 ALL_JOBS = [*JOBS, *ENSEMBLES]
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"

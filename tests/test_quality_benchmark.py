@@ -34,6 +34,8 @@ def test_every_job_writes_a_valid_pipeline_config(tmp_path):
     # a shipped config holds only what differs from the defaults: run_job reads it with them
     tatoeba = quality.job_config("tatoeba ja-en", tmp_path, None)
     assert "evaluate" not in tatoeba and quality.pipeline_config(tatoeba).evaluate.tokenize == "13a"
+    for name, (members, _) in quality.ENSEMBLES.items():  # each ensemble's members are trained by jobs
+        assert set(members) <= set(quality.JOBS), name
 
 
 def test_markdown_table_and_section_update(tmp_path):
