@@ -5,16 +5,19 @@
     python benchmarks/quality.py --budget 40          # each training stopped after 40 minutes
     python benchmarks/quality.py --only "ja-en, LSTM" --epochs 4   # an ablation row: 4 epochs
     python benchmarks/quality.py --only "en-ja, seed 2,en-ja, ensemble of 2 seeds"  # 2 runs ensembled
+    python benchmarks/quality.py --only "en-ja, 512 wide, distilled from the 512-wide ensemble"
 
 Each job is `python cli.py pipeline` on a config (a shipped one, or the default with a few keys
 changed) in its own run directory under --runs, then `python cli.py evaluate` on the test set by
-beam; an ensemble job evaluates its member jobs' runs together. The pipeline skips finished
-stages, so an interrupted benchmark resumes. For the default job it also scores the best
-checkpoint (by dev BLEU) reached within --at-minutes of training (comparable with a peer trained
-that long) and, with --at-epochs N, within its first N epochs: the row that `--epochs N`
-ablations compare with, as long as the learning rate was not lowered within them (history.csv
-shows it; for the shipped config it first drops after epoch 8). Results go to --json and into
-BENCHMARKS.md between the `<!-- quality -->` markers; the README's "Benchmarks" says more.
+beam; an ensemble job evaluates its member jobs' runs together, and a distilled job trains on its
+teacher ensemble's translations of the training sources (`python cli.py translate` on the member
+jobs' runs, once). The pipeline skips finished stages, so an interrupted benchmark resumes. For
+the default job it also scores the best checkpoint (by dev BLEU) reached within --at-minutes of
+training (comparable with a peer trained that long) and, with --at-epochs N, within its first N
+epochs: the row that `--epochs N` ablations compare with, as long as the learning rate was not
+lowered within them (history.csv shows it; for the shipped config it first drops after epoch 8).
+Results go to --json and into BENCHMARKS.md between the `<!-- quality -->` markers; the README's
+"Benchmarks" says more.
 """
 
 from __future__ import annotations
@@ -99,7 +102,14 @@ ENSEMBLES: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
     "en-ja, 512 wide, ensemble of 2 seeds": (("en-ja, 512 wide, dropout 0.3, cosine schedule",
                                               "en-ja, 512 wide, dropout 0.3, cosine schedule, seed 2"), (1, 5, 10)),
 }
-ALL_JOBS = [*JOBS, *ENSEMBLES]
+# name -> (teacher: an ENSEMBLES job, student: a JOBS job): the student's config trained on the teacher's
+# beam-5 translations of the training sources instead of their references (sequence-level knowledge
+# distillation, Kim and Rush 2016; the README's "Distillation"); dev and test keep their references
+DISTILLED: dict[str, tuple[str, str]] = {
+    "en-ja, 512 wide, distilled from the 512-wide ensemble": ("en-ja, 512 wide, ensemble of 2 seeds",
+                                                              "en-ja, 512 wide, dropout 0.3, cosine schedule"),
+}
+ALL_JOBS = [*JOBS, *ENSEMBLES, *DISTILLED]
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
@@ -117,8 +127,13 @@ def pipeline_config(values: dict[str, Any]) -> PipelineConfig:
     return from_dict(PipelineConfig, values)
 
 
+def spec(name: str) -> tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]:
+    """A trained job's base config, overrides and beams: a distilled job's are its student's."""
+    return JOBS[DISTILLED[name][1]] if name in DISTILLED else JOBS[name]
+
+
 def job_config(name: str, runs: Path, budget: float | None, epochs: int | None = None) -> dict[str, Any]:
-    base, overrides, _ = JOBS[name]
+    base, overrides, _ = spec(name)
     with open(ROOT / base, "rb") as f:
         config = tomllib.load(f)
     for section, values in overrides.items():
@@ -128,6 +143,9 @@ def job_config(name: str, runs: Path, budget: float | None, epochs: int | None =
     if epochs:
         config.setdefault("train", {}).update(epochs=epochs, average_checkpoints=0)
     config["run"] = str(runs / slug(label(name, epochs)))
+    if name in DISTILLED:  # the teacher is the full ensemble, whatever the student's epochs
+        teacher, targets = DISTILLED[name][0], Path(config["data"]["tgt"])
+        config["data"]["tgt"] = str(runs / f"{slug(teacher)}.train{targets.suffix}")  # the suffix names the language
     return config
 
 
@@ -190,15 +208,20 @@ def test_scores(runs: list[Run], src: Any, ref: Any, tokenize: str, beams: tuple
     return scores
 
 
+def trained_members(name: str, runs: Path, epochs: int | None = None) -> list[Run]:
+    """The runs of an ensemble's member jobs, each of which must have finished training."""
+    member_runs = [Run.at(job_config(m, runs, None, epochs)["run"]) for m in ENSEMBLES[name][0]]
+    for member, run in zip(ENSEMBLES[name][0], member_runs):
+        if not run.has("train"):
+            raise StageError(f"{name} needs the run of job {member!r} ({run.root}); train that job first")
+    return member_runs
+
+
 def run_ensemble(name: str, runs: Path, results: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
     """Test figures of the member jobs' runs ensembled; each member must have finished training."""
     members, beams = ENSEMBLES[name]
-    configs = [job_config(m, runs, None, epochs) for m in members]
-    member_runs = [Run.at(c["run"]) for c in configs]
-    for member, run in zip(members, member_runs):
-        if not run.has("train"):
-            raise StageError(f"{name} needs the run of job {member!r} ({run.root}); train that job first")
-    config = pipeline_config(configs[0])
+    member_runs = trained_members(name, runs, epochs)
+    config = pipeline_config(job_config(members[0], runs, None, epochs))
     return {"members": list(members), "epochs_cap": epochs,
             "test": test_scores(member_runs, config.data.test_src, config.data.test_tgt, config.evaluate.tokenize,
                                 beams),
@@ -207,9 +230,22 @@ def run_ensemble(name: str, runs: Path, results: dict[str, Any], epochs: int | N
             "date": time.strftime("%Y-%m-%d")}
 
 
+def teacher_translations(name: str, runs: Path, config: dict[str, Any]) -> None:
+    """Write a distilled job's training targets, `config["data"]["tgt"]`: its teacher's beam-5
+    translations of the training sources, by `python cli.py translate` (once: a rerun reuses them)."""
+    targets = Path(config["data"]["tgt"])
+    if targets.is_file():
+        return
+    members = trained_members(DISTILLED[name][0], runs)
+    child([sys.executable, ROOT / "cli.py", "translate", *[a for run in members for a in ("--run", run.root)],
+           "--input", config["data"]["src"], "--output", targets, "--beam", 5], "python cli.py translate")
+
+
 def run_job(name: str, runs: Path, budget: float | None, minutes: float, previous: dict[str, Any],
             collect: bool = False, epochs: int | None = None, at_epochs: int = 0) -> dict[str, Any]:
     config = job_config(name, runs, budget, epochs)
+    if name in DISTILLED and not collect:
+        teacher_translations(name, runs, config)
     run = Run.at(config["run"])
     config_path = run.root.parent / f"{run.root.name}.toml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,13 +263,15 @@ def run_job(name: str, runs: Path, budget: float | None, minutes: float, previou
             settings.data.test_tgt or run.path("split", "test.tgt"))
     result: dict[str, Any] = {
         "config": str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
-        "base": JOBS[name][0], "overrides": JOBS[name][1], "budget_min": budget, "epochs_cap": epochs,
+        "base": spec(name)[0], "overrides": spec(name)[1], "budget_min": budget, "epochs_cap": epochs,
         "stage_seconds": seconds, "train": run.manifest("train", needed_by="benchmarks/quality.py")["report"],
         "dev_curve": dev_curve(run), "dev_beam": settings.train.dev_beam,
-        "test": test_scores([run], *test, tokenize, JOBS[name][2]),
+        "test": test_scores([run], *test, tokenize, spec(name)[2]),
     }
+    if name in DISTILLED:
+        result["teacher"] = DISTILLED[name][0]
     if "split" in config:  # a test set cut by split: each source with all its translations, one line each
-        result["test_grouped"] = test_scores([run], *test, tokenize, JOBS[name][2], grouped=True)
+        result["test_grouped"] = test_scores([run], *test, tokenize, spec(name)[2], grouped=True)
     if name == "ja-en" and not epochs:
         if minutes:
             result["at_minutes"] = best_within(run, config, (1, 5), minutes=minutes)
@@ -349,7 +387,7 @@ def main(
                                        help="File whose quality section is rewritten ('-': print it instead)."),
 ):
     """Translation quality: train the shipped configs and ablations, evaluate, tabulate."""
-    names = choose(only, ALL_JOBS, "job") if only else [*JOBS, *([] if epochs else ENSEMBLES)]
+    names = choose(only, ALL_JOBS, "job") if only else [*JOBS, *([] if epochs else ENSEMBLES), *DISTILLED]
     if epochs and (ensembles := [n for n in names if n in ENSEMBLES]):
         raise ConfigError(f"--epochs is for trained jobs, not the ensemble {ensembles[0]!r}")
     try:
@@ -366,7 +404,7 @@ def main(
             mine[key] = run_job(name, runs.resolve(), budget, at_minutes, previous, collect, epochs, at_epochs)
         results = save_results(json_path, mine)  # after each job
     order = [label(n, e) for e in (None, *sorted({r.get("epochs_cap") or 0 for r in results.values()} - {0}))
-             for n in [*JOBS, *ENSEMBLES]]
+             for n in ALL_JOBS]
     section = markdown({n: results[n] for n in order if n in results})
     if str(markdown_path) == "-":
         sys.stdout.write(section)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +120,31 @@ def test_ensemble_job_needs_its_members_and_renders_a_row(tmp_path):
                                                                "test": test, "train_min": 120.0}})
     assert "| en-ja, ensemble of 2 seeds (en-ja + en-ja, seed 2) | 41.0 | 45.0 |  | 39.0 |  |  | 120 (members) |" \
         in section
+
+
+def test_a_distilled_job_trains_its_student_on_the_teacher_ensembles_translations(tmp_path, tiny_run, toy_corpus):
+    from tests.conftest import cli_in_process
+
+    name = "en-ja, 512 wide, distilled from the 512-wide ensemble"
+    teacher, student = quality.DISTILLED[name]
+    assert teacher in quality.ENSEMBLES and student in quality.JOBS
+    config, student_config = quality.job_config(name, tmp_path, None), quality.job_config(student, tmp_path, None)
+    targets = tmp_path / "en_ja_512_wide_ensemble_of_2_seeds.train.ja"  # the language stays the file's suffix
+    assert config["data"] == {**student_config["data"], "tgt": str(targets)}
+    assert {**config, "data": None, "run": None} == {**student_config, "data": None, "run": None}
+    assert config["run"] != student_config["run"]
+    assert quality.job_config(name, tmp_path, None, epochs=4)["data"]["tgt"] == str(targets)  # one full teacher
+    with pytest.raises(StageError, match="needs the run of job .*; train that job first"):
+        quality.teacher_translations(name, tmp_path, config)
+    for member in quality.ENSEMBLES[teacher][0]:  # the teacher's members: two copies of one trained run
+        shutil.copytree(tiny_run.root, quality.job_config(member, tmp_path, None)["run"])
+    config["data"]["src"] = str(toy_corpus["dev_src"])
+    quality.teacher_translations(name, tmp_path, config)
+    single = cli_in_process("translate", "--run", tiny_run.root, "-i", toy_corpus["dev_src"], "--beam", "5").stdout
+    assert targets.read_text(encoding="utf-8") == single  # an ensemble of one model twice is that model
+    targets.write_text("kept\n", encoding="utf-8")
+    quality.teacher_translations(name, tmp_path, config)  # made once: a rerun reuses them
+    assert targets.read_text(encoding="utf-8") == "kept\n"
 
 
 def test_results_of_two_benchmarks_side_by_side_are_merged_not_overwritten(tmp_path):
