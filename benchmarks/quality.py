@@ -104,7 +104,7 @@ ENSEMBLES: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
 }
 # name -> (teacher: an ENSEMBLES job, student: a JOBS job): the student's config trained on the teacher's
 # beam-5 translations of the training sources instead of their references (sequence-level knowledge
-# distillation, Kim and Rush 2016; the README's "Distillation"); dev and test keep their references
+# distillation, Kim and Rush 2016); dev and test keep their references
 DISTILLED: dict[str, tuple[str, str]] = {
     "en-ja, 512 wide, distilled from the 512-wide ensemble": ("en-ja, 512 wide, ensemble of 2 seeds",
                                                               "en-ja, 512 wide, dropout 0.3, cosine schedule"),
@@ -243,7 +243,7 @@ def teacher_translations(name: str, runs: Path, config: dict[str, Any]) -> None:
 
 def run_job(name: str, runs: Path, budget: float | None, minutes: float, previous: dict[str, Any],
             collect: bool = False, epochs: int | None = None, at_epochs: int = 0) -> dict[str, Any]:
-    config = job_config(name, runs, budget, epochs)
+    config, (base, overrides, beams) = job_config(name, runs, budget, epochs), spec(name)
     if name in DISTILLED and not collect:
         teacher_translations(name, runs, config)
     run = Run.at(config["run"])
@@ -263,15 +263,15 @@ def run_job(name: str, runs: Path, budget: float | None, minutes: float, previou
             settings.data.test_tgt or run.path("split", "test.tgt"))
     result: dict[str, Any] = {
         "config": str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
-        "base": spec(name)[0], "overrides": spec(name)[1], "budget_min": budget, "epochs_cap": epochs,
+        "base": base, "overrides": overrides, "budget_min": budget, "epochs_cap": epochs,
         "stage_seconds": seconds, "train": run.manifest("train", needed_by="benchmarks/quality.py")["report"],
         "dev_curve": dev_curve(run), "dev_beam": settings.train.dev_beam,
-        "test": test_scores([run], *test, tokenize, spec(name)[2]),
+        "test": test_scores([run], *test, tokenize, beams),
     }
     if name in DISTILLED:
         result["teacher"] = DISTILLED[name][0]
     if "split" in config:  # a test set cut by split: each source with all its translations, one line each
-        result["test_grouped"] = test_scores([run], *test, tokenize, spec(name)[2], grouped=True)
+        result["test_grouped"] = test_scores([run], *test, tokenize, beams, grouped=True)
     if name == "ja-en" and not epochs:
         if minutes:
             result["at_minutes"] = best_within(run, config, (1, 5), minutes=minutes)
