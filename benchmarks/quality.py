@@ -89,6 +89,8 @@ JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
     # the training sentences as the best segmentation and adds 5% pieces (0.2, tried at 256 wide, changes 95%)
     "en-ja, 512 wide, subword regularisation 0.5": ("configs/en2ja_wide.toml", {"train": {"subword_alpha": 0.5}},
                                                     (1, 5, 10)),
+    "en-ja, 512 wide, subword regularisation 0.5, seed 2": ("configs/en2ja_wide.toml", {"train": {
+        "subword_alpha": 0.5, "seed": 2}}, (1, 5, 10)),
     # dropout 0.3 was still improving at epoch 20 under the plateau rule: 25 epochs of a cosine course
     "tatoeba ja-en, dropout 0.3, cosine schedule": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}, "train": {
         **COSINE, "epochs": 25, "patience": 25}}, (1, 5)),
