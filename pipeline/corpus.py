@@ -169,7 +169,9 @@ class Resegmenter:
     The next epoch's segmentation is made on a background thread while this epoch trains, so
     training waits for it only on the first epoch (a few seconds for 50k pairs). SentencePiece
     is reseeded before each chunk, from the seed and the epoch, and encodes on the calling
-    thread: an epoch's segmentations are the same on any thread, run or worker of a cluster.
+    thread: an epoch's segmentations are the same on any thread of one process. Not across
+    processes: SentencePiece 0.2.3's sampling after `set_random_generator_seed` differs from one
+    process to the next (found 2026-12-07), so a resumed or repeated run samples otherwise.
     """
 
     def __init__(self, corpus: EncodedCorpus, processors: dict, alpha: float, nbest: int, seed: int, end: int,
