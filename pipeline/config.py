@@ -149,11 +149,11 @@ class TrainConfig(Section):
                                      "AMX) and no GPU, float32 elsewhere; or float32, mixed_float16 (GPU), "
                                      "mixed_bfloat16.", choices=PRECISIONS)
     # subword regularisation (Kudo 2018): pipeline/corpus.py's `Resegmenter`
-    subword_alpha: float = setting(0.0, "Segment the training pairs anew each epoch by SentencePiece's sampling with "
-                                        "this smoothing, e.g. 0.1 (0: off, the best segmentation); dev and test "
-                                        "stay deterministic.", low=0)
-    subword_nbest: int = setting(-1, "With subword_alpha: sample among the N best segmentations (-1: all, by "
-                                     "forward-filtering and backward-sampling).", low=-1)
+    subword_alpha: float = setting(0.0, "Segment the training pairs anew each epoch, sampled with this smoothing, "
+                                        "e.g. 0.5 (0: off, the best segmentation); dev and test stay deterministic.",
+                                   low=0)
+    subword_nbest: int = setting(64, "With subword_alpha: sample among the N best segmentations (64 comes close to "
+                                     "sampling among all).")
     seed: int = setting(1234, "Seed of initialisation, dropout, batch order and sampled segmentations.")
     # see pipeline/distribute.py and the README's "When one machine is not enough"
     strategy: str = setting("auto", "tf.distribute strategy: one device, mirrored (this machine's GPUs), multiworker "
@@ -168,8 +168,9 @@ class TrainConfig(Section):
         if 0 < self.keep_checkpoints < self.average_checkpoints:
             raise ConfigError(f"train.average_checkpoints ({self.average_checkpoints}) needs at least as many "
                               f"kept checkpoints; train.keep_checkpoints is {self.keep_checkpoints}")
-        if self.subword_alpha and self.subword_nbest in (0, 1):
-            raise ConfigError(f"train.subword_nbest must be -1 (all) or at least 2 to sample segmentations; "
+        if self.subword_alpha and self.subword_nbest < 2:
+            raise ConfigError(f"train.subword_nbest must be at least 2 to sample segmentations (-1, all of them, "
+                              f"is SentencePiece's sampling, not reproducible between processes); "
                               f"got {self.subword_nbest}")
 
 

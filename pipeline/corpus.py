@@ -29,7 +29,7 @@ INDEX = "train.json"
 FORMAT = "tfrecord-shards-1"  # recorded by tokenize: a run tokenized in another format is tokenized anew
 SHARD_PAIRS = 100_000
 SHUFFLE_PAIRS = 100_000
-RESEGMENT_CHUNK = 4096  # sentences segmented per call, each call seeded anew
+RESEGMENT_CHUNK = 4096  # sentences segmented per call, each chunk's draws seeded anew
 POOL = 100  # batches' worth of pairs sorted by length together
 SHUFFLE_BATCHES = 2 * POOL
 INTERLEAVE = 4  # shards read at once
@@ -160,24 +160,63 @@ def _parse(records, first: int, end: int) -> dict:
     return {side: tf.ragged.boolean_mask(tf.cast(example[side], tf.int32), keep) for side in ("src", "tgt")}
 
 
+# SentencePiece scores an unknown piece as its lowest piece's score less this (unigram_model.cc's kUnkPenalty)
+UNKNOWN_PENALTY = 10.0
+
+
+class SegmentationSampler:
+    """Kudo's (2018) l-best sampling for one SentencePiece unigram model: of a text's `nbest` best
+    segmentations x, one drawn with probability proportional to P(x)^alpha, by a numpy generator.
+
+    SentencePiece samples so itself (`encode(enable_sampling=True)`), but its generator, after
+    `set_random_generator_seed`, draws otherwise in every process (0.2.3, found 2026-12-07), so a
+    resumed or repeated run would train on other segmentations. Here SentencePiece only finds the
+    n best (deterministic), and P(x) is the product of their pieces' probabilities, as it scores them.
+    With 64 best, the segmentations drawn are close to sampling among all of them (`nbest_size=-1`).
+    """
+
+    def __init__(self, processor, alpha: float, nbest: int):
+        self.processor, self.alpha, self.nbest = processor, alpha, nbest
+        scores = np.array([processor.get_score(i) for i in range(processor.get_piece_size())])
+        scores[processor.unk_id()] = scores.min() - UNKNOWN_PENALTY
+        self.scores = scores
+
+    def log_probabilities(self, segmentations: list[np.ndarray]) -> np.ndarray:
+        """log P(x) of each segmentation (0 for an empty text's)."""
+        lengths = [len(x) for x in segmentations]
+        owner = np.repeat(np.arange(len(segmentations)), lengths)
+        return np.bincount(owner, self.scores[np.concatenate(segmentations)], minlength=len(segmentations))
+
+    def sample(self, texts: list[str], rng: np.random.Generator) -> list[list[int]]:
+        """One segmentation per text, drawn by `rng` by the Gumbel-max trick: the segmentation with
+        the largest alpha log P(x) plus Gumbel noise is distributed as P(x)^alpha, normalised."""
+        nbests = self.processor.nbest_encode(texts, nbest_size=self.nbest, out_type="numpy")
+        segmentations = [x for nbest in nbests for x in nbest]
+        noisy = self.alpha * self.log_probabilities(segmentations) + rng.gumbel(size=len(segmentations))
+        drawn, first = [], 0
+        for nbest in nbests:
+            drawn.append(segmentations[first + int(np.argmax(noisy[first:first + len(nbest)]))].tolist())
+            first += len(nbest)
+        return drawn
+
+
 class Resegmenter:
     """Subword regularisation (Kudo 2018): each epoch, pairs 0..end-1 of `corpus` decoded back to
-    text and segmented anew by SentencePiece's sampling (`alpha` smooths the distribution over
-    segmentations; `nbest` -1 samples among all of them), written as a corpus of its own under
-    `directory/epoch-NNNNN/`.
+    text and segmented anew, each sentence drawn among its `nbest` best segmentations by
+    `SegmentationSampler` (`alpha` smooths the distribution), written as a corpus of its own
+    under `directory/epoch-NNNNN/`.
 
     The next epoch's segmentation is made on a background thread while this epoch trains, so
-    training waits for it only on the first epoch (a few seconds for 50k pairs). SentencePiece
-    is reseeded before each chunk, from the seed and the epoch, and encodes on the calling
-    thread: an epoch's segmentations are the same on any thread of one process. Not across
-    processes: SentencePiece 0.2.3's sampling after `set_random_generator_seed` differs from one
-    process to the next (found 2026-12-07), so a resumed or repeated run samples otherwise.
+    training waits for it only on the first epoch (about 30 seconds for 50k pairs with 64 best).
+    Each chunk's draws come from a generator seeded by the seed, the epoch and the chunk: an
+    epoch's segmentations are the same on any thread, in any process, so a resumed run trains on
+    what the uninterrupted one would have.
     """
 
     def __init__(self, corpus: EncodedCorpus, processors: dict, alpha: float, nbest: int, seed: int, end: int,
                  epochs: int, directory: Path):
-        self.corpus, self.processors, self.alpha, self.nbest = corpus, processors, alpha, nbest
-        self.seed, self.end, self.epochs, self.directory = seed, end, epochs, Path(directory)
+        self.corpus, self.seed, self.end, self.epochs, self.directory = corpus, seed, end, epochs, Path(directory)
+        self.samplers = {side: SegmentationSampler(processor, alpha, nbest) for side, processor in processors.items()}
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="resegment")
         self.pending: dict[int, Future] = {}
         self.current: tuple[int, EncodedCorpus] | None = None
@@ -202,21 +241,16 @@ class Resegmenter:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _write(self, epoch: int) -> EncodedCorpus:
-        import sentencepiece as spm
-
         directory = self.directory / f"epoch-{epoch:05d}"
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
         writer = ShardWriter(directory)
-        base = epoch_seed(self.seed, epoch)
         for number, sides in enumerate(self.corpus.chunks(("src", "tgt"), RESEGMENT_CHUNK, end=self.end)):
             segmented = []
             for k, (side, (ids, lengths)) in enumerate(zip(("src", "tgt"), sides)):
-                processor = self.processors[side]
-                text = processor.decode([row.tolist() for row in np.split(ids, np.cumsum(lengths)[:-1])])
-                spm.set_random_generator_seed((base * 7919 + 2 * number + k) % 2**32)
-                segmented.append(processor.encode(text, enable_sampling=True, alpha=self.alpha,
-                                                  nbest_size=self.nbest, num_threads=1))
+                sampler = self.samplers[side]
+                text = sampler.processor.decode([row.tolist() for row in np.split(ids, np.cumsum(lengths)[:-1])])
+                segmented.append(sampler.sample(text, np.random.default_rng([self.seed, epoch, number, k])))
             for src, tgt in zip(*segmented):
                 writer.add(src, tgt)
         writer.close()

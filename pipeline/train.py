@@ -452,8 +452,8 @@ class TrainingData:
         if not config.subword_alpha:
             yield
             return
-        log.info("subword regularisation: each epoch's segmentations sampled with alpha %g, %s", config.subword_alpha,
-                 "among all segmentations" if config.subword_nbest < 0 else f"among the {config.subword_nbest} best")
+        log.info("subword regularisation: each epoch's segmentations sampled among the %d best with alpha %g",
+                 config.subword_nbest, config.subword_alpha)
         self.resegmenter = Resegmenter(self.corpus, processors, config.subword_alpha, config.subword_nbest,
                                        config.seed, self.pairs, config.epochs, directory)
         try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -93,21 +96,43 @@ def test_epoch_seeds_differ_by_epoch_and_seed(epoch):
     assert len({epoch_seed(7, epoch), epoch_seed(7, epoch + 1), epoch_seed(8, epoch)}) == 3
 
 
-def test_resegmented_epochs_keep_the_text_and_are_seeded_by_epoch(tmp_path, toy_corpus):
-    """Subword regularisation's corpora: the same text, segmented otherwise from epoch to epoch,
-    and the same segmentation for the same seed and epoch on any thread."""
+def _tokenized_toy(tmp_path, toy_corpus):
     from pipeline.artifacts import Run
     from pipeline.config import TokenizeConfig
-    from pipeline.corpus import Resegmenter
     from pipeline.tokenize import load_encoded, load_tokenizers, tokenize
 
     run = Run.at(tmp_path / "run")
     tokenize(run, TokenizeConfig(vocab_size=60), src=str(toy_corpus["train_src"]), tgt=str(toy_corpus["train_tgt"]))
     processors, _ = load_tokenizers(run, needed_by="test")
-    corpus = load_encoded(run, needed_by="test")
+    return processors, load_encoded(run, needed_by="test")
+
+
+# made in a process of its own: the segmentations of the run at argv[1], epoch 0, as JSON on stdout
+_RESEGMENT_IN_A_PROCESS = """
+import json, sys
+from pipeline.artifacts import Run
+from pipeline.corpus import Resegmenter
+from pipeline.tokenize import load_encoded, load_tokenizers
+run = Run.at(sys.argv[1])
+resegmenter = Resegmenter(load_encoded(run, needed_by="test"), load_tokenizers(run, needed_by="test")[0], 0.1, 64,
+                          1, 1000, 3, sys.argv[2])
+print(json.dumps([(s.tolist(), t.tolist()) for s, t in resegmenter.epoch(0).read()]))
+resegmenter.close()
+"""
+
+
+def test_resegmented_epochs_keep_the_text_and_are_seeded_by_epoch(tmp_path, toy_corpus):
+    """Subword regularisation's corpora: the same text, segmented otherwise from epoch to epoch,
+    and the same segmentation for the same seed and epoch on any thread, in any process."""
+    import subprocess
+    import sys
+
+    from pipeline.corpus import Resegmenter
+
+    processors, corpus = _tokenized_toy(tmp_path, toy_corpus)
 
     def epoch(number, folder, seed=1):
-        resegmenter = Resegmenter(corpus, processors, 0.1, -1, seed, 1000, 3, tmp_path / folder)
+        resegmenter = Resegmenter(corpus, processors, 0.1, 64, seed, 1000, 3, tmp_path / folder)
         made = resegmenter.epoch(number)
         assert resegmenter.epoch(number) is made  # asked twice (a pipeline per replica): made once
         pairs = [(s.tolist(), t.tolist()) for s, t in made.read()]
@@ -124,3 +149,32 @@ def test_resegmented_epochs_keep_the_text_and_are_seeded_by_epoch(tmp_path, toy_
     changed = sum(p != q for p, q in zip(first, best))
     assert 50 < changed < 1000  # sampled: many pairs segmented otherwise, not all
     assert epoch(1, "c") != first and epoch(0, "d", seed=2) != first
+    made_elsewhere = subprocess.run([sys.executable, "-c", _RESEGMENT_IN_A_PROCESS, str(tmp_path / "run"),
+                                     str(tmp_path / "e")], capture_output=True, text=True, check=True,
+                                    cwd=Path(__file__).resolve().parents[1])
+    assert [tuple(p) for p in json.loads(made_elsewhere.stdout)] == first  # resumed or rerun: the same
+
+
+def test_segmentations_are_drawn_with_probability_p_to_the_alpha_among_the_n_best(tmp_path, toy_corpus):
+    """Kudo's l-best sampling: log P(x) as SentencePiece scores the segmentation (an unknown
+    character included), and draws distributed as P(x)^alpha, normalised over the n best."""
+    from pipeline.corpus import SegmentationSampler
+
+    processors, _ = _tokenized_toy(tmp_path, toy_corpus)
+    processor = processors["tgt"]
+    sampler = SegmentationSampler(processor, alpha=0.5, nbest=8)
+    for text in ("white bird flower .", "blue Zebra ."):  # Z is not in the vocabulary
+        segmentations = processor.nbest_encode(text, nbest_size=8, out_type="numpy")
+        proto = processor.nbest_encode(text, nbest_size=8, out_type="proto")
+        np.testing.assert_allclose(sampler.log_probabilities(segmentations), [n.score for n in proto.nbests],
+                                   rtol=1e-5)
+    text = "white bird flower ."
+    segmentations = [x.tolist() for x in processor.nbest_encode(text, nbest_size=8, out_type="numpy")]
+    assert len(segmentations) == 8
+    expected = np.exp(0.5 * sampler.log_probabilities([np.array(x) for x in segmentations]))
+    expected /= expected.sum()
+    rng = np.random.default_rng(0)
+    draws = [segmentations.index(x) for x in sampler.sample([text] * 20000, rng)]
+    observed = np.bincount(draws, minlength=8) / len(draws)
+    np.testing.assert_allclose(observed, expected, atol=0.015)
+    assert sampler.sample(["", "sky ."], rng)[0] == []  # an empty text has one segmentation: none

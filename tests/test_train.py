@@ -251,9 +251,11 @@ def test_subword_regularisation_trains_on_sampled_segmentations_and_resumes_exac
     # that the sampled segmentations differ from the best one: tests/test_corpus.py
 
 
-def test_subword_nbest_must_allow_a_choice():
-    with pytest.raises(ConfigError, match="train.subword_nbest must be -1 .all. or at least 2"):
-        TrainConfig(subword_alpha=0.1, subword_nbest=1).validate()
+@pytest.mark.parametrize("nbest", [-1, 0, 1])
+def test_subword_nbest_must_allow_a_reproducible_choice(nbest):
+    with pytest.raises(ConfigError, match="train.subword_nbest must be at least 2 .* not reproducible"):
+        TrainConfig(subword_alpha=0.1, subword_nbest=nbest).validate()
+    TrainConfig(subword_alpha=0.0, subword_nbest=nbest).validate()  # unused without subword_alpha
 
 
 def test_the_schedules_course_warm_up_then_plateau_or_cosine():
