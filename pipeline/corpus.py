@@ -173,13 +173,16 @@ class SegmentationSampler:
     resumed or repeated run would train on other segmentations. Here SentencePiece only finds the
     n best (deterministic), and P(x) is the product of their pieces' probabilities, as it scores them.
     With 64 best, the segmentations drawn are close to sampling among all of them (`nbest_size=-1`).
+    Finding the n best is the slow part and gives the same every epoch, so `nbest` is kept apart
+    from `draw`.
     """
 
     def __init__(self, processor, alpha: float, nbest: int):
-        self.processor, self.alpha, self.nbest = processor, alpha, nbest
+        self.processor, self.alpha, self.nbest_size = processor, alpha, nbest
         scores = np.array([processor.get_score(i) for i in range(processor.get_piece_size())])
         scores[processor.unk_id()] = scores.min() - UNKNOWN_PENALTY
         self.scores = scores
+        self.id_type = np.uint16 if processor.get_piece_size() <= 2**16 else np.int32
 
     def log_probabilities(self, segmentations: list[np.ndarray]) -> np.ndarray:
         """log P(x) of each segmentation (0 for an empty text's)."""
@@ -187,36 +190,50 @@ class SegmentationSampler:
         owner = np.repeat(np.arange(len(segmentations)), lengths)
         return np.bincount(owner, self.scores[np.concatenate(segmentations)], minlength=len(segmentations))
 
-    def sample(self, texts: list[str], rng: np.random.Generator) -> list[list[int]]:
-        """One segmentation per text, drawn by `rng` by the Gumbel-max trick: the segmentation with
-        the largest alpha log P(x) plus Gumbel noise is distributed as P(x)^alpha, normalised."""
-        nbests = self.processor.nbest_encode(texts, nbest_size=self.nbest, out_type="numpy")
+    def nbest(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """The n best segmentations of each text, flat: `ids` (every segmentation's, one after
+        another), `lengths` and `log_p` (one per segmentation), `counts` (segmentations per text)."""
+        nbests = self.processor.nbest_encode(texts, nbest_size=self.nbest_size, out_type="numpy")
         segmentations = [x for nbest in nbests for x in nbest]
-        noisy = self.alpha * self.log_probabilities(segmentations) + rng.gumbel(size=len(segmentations))
-        drawn, first = [], 0
-        for nbest in nbests:
-            drawn.append(segmentations[first + int(np.argmax(noisy[first:first + len(nbest)]))].tolist())
-            first += len(nbest)
-        return drawn
+        return {"ids": np.concatenate(segmentations).astype(self.id_type),
+                "lengths": np.array([len(x) for x in segmentations], np.int32),
+                "log_p": self.log_probabilities(segmentations),
+                "counts": np.array([len(nbest) for nbest in nbests], np.int32)}
+
+    def draw(self, nbest: dict[str, np.ndarray], rng: np.random.Generator) -> list[list[int]]:
+        """One segmentation per text of `nbest`, drawn by `rng` by the Gumbel-max trick: the one
+        with the largest alpha log P(x) plus Gumbel noise is distributed as P(x)^alpha, normalised."""
+        noisy = self.alpha * nbest["log_p"] + rng.gumbel(size=len(nbest["log_p"]))
+        counts = nbest["counts"]
+        owner = np.repeat(np.arange(len(counts)), counts)
+        chosen = np.lexsort((-noisy, owner))[np.cumsum(counts) - counts]  # each text's largest, the first of ties
+        starts = np.cumsum(nbest["lengths"]) - nbest["lengths"]
+        ids = nbest["ids"]
+        return [ids[start:start + length].tolist() for start, length in zip(starts[chosen], nbest["lengths"][chosen])]
+
+    def sample(self, texts: list[str], rng: np.random.Generator) -> list[list[int]]:
+        return self.draw(self.nbest(texts), rng)
 
 
 class Resegmenter:
-    """Subword regularisation (Kudo 2018): each epoch, pairs 0..end-1 of `corpus` decoded back to
-    text and segmented anew, each sentence drawn among its `nbest` best segmentations by
-    `SegmentationSampler` (`alpha` smooths the distribution), written as a corpus of its own
-    under `directory/epoch-NNNNN/`.
+    """Subword regularisation (Kudo 2018): each epoch, pairs 0..end-1 of `corpus` segmented anew,
+    each sentence drawn among its `nbest` best segmentations by `SegmentationSampler` (`alpha`
+    smooths the distribution), written as a corpus of its own under `directory/epoch-NNNNN/`.
 
-    The next epoch's segmentation is made on a background thread while this epoch trains, so
-    training waits for it only on the first epoch (about 30 seconds for 50k pairs with 64 best).
-    Each chunk's draws come from a generator seeded by the seed, the epoch and the chunk: an
-    epoch's segmentations are the same on any thread, in any process, so a resumed run trains on
-    what the uninterrupted one would have.
+    The n best of each sentence are found once, on the first epoch made (about 40 seconds for 50k
+    pairs with 64 best, the wait before the first epoch), and kept under `directory/nbest/` (about
+    5 KB a pair with 64 best); each epoch after draws from them (a few seconds), on a background
+    thread while the epoch before trains. Each chunk's draws come from a generator seeded by the
+    seed, the epoch and the chunk: an epoch's segmentations are the same on any thread, in any
+    process, whichever epoch comes first, so a resumed run trains on what the uninterrupted one
+    would have.
     """
 
     def __init__(self, corpus: EncodedCorpus, processors: dict, alpha: float, nbest: int, seed: int, end: int,
                  epochs: int, directory: Path):
         self.corpus, self.seed, self.end, self.epochs, self.directory = corpus, seed, end, epochs, Path(directory)
         self.samplers = {side: SegmentationSampler(processor, alpha, nbest) for side, processor in processors.items()}
+        shutil.rmtree(self.directory, ignore_errors=True)  # an interrupted training's n best may be half written
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="resegment")
         self.pending: dict[int, Future] = {}
         self.current: tuple[int, EncodedCorpus] | None = None
@@ -236,7 +253,7 @@ class Resegmenter:
         return made
 
     def close(self) -> None:
-        """Wait for the work in progress, then remove every epoch's corpus."""
+        """Wait for the work in progress, then remove every epoch's corpus and the n best."""
         self.worker.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -246,15 +263,29 @@ class Resegmenter:
         directory.mkdir(parents=True)
         writer = ShardWriter(directory)
         for number, sides in enumerate(self.corpus.chunks(("src", "tgt"), RESEGMENT_CHUNK, end=self.end)):
-            segmented = []
-            for k, (side, (ids, lengths)) in enumerate(zip(("src", "tgt"), sides)):
-                sampler = self.samplers[side]
-                text = sampler.processor.decode([row.tolist() for row in np.split(ids, np.cumsum(lengths)[:-1])])
-                segmented.append(sampler.sample(text, np.random.default_rng([self.seed, epoch, number, k])))
+            segmented = [self.samplers[side].draw(self._nbest(number, side, *chunk),
+                                                  np.random.default_rng([self.seed, epoch, number, k]))
+                         for k, (side, chunk) in enumerate(zip(("src", "tgt"), sides))]
             for src, tgt in zip(*segmented):
                 writer.add(src, tgt)
         writer.close()
         return EncodedCorpus(directory)
+
+    def _nbest(self, number: int, side: str, ids: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        """Chunk `number`'s n best on `side` (its pieces `ids`, sentences of `lengths`): found on
+        the first epoch, read after."""
+        path = self.directory / "nbest" / f"{number:05d}-{side}.npz"
+        if path.exists():
+            with np.load(path) as stored:
+                return dict(stored)
+        sampler = self.samplers[side]
+        rows = np.split(ids, np.cumsum(lengths)[:-1])
+        nbest = sampler.nbest(sampler.processor.decode([row.tolist() for row in rows]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, **nbest)
+        partial.replace(path)
+        return nbest
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

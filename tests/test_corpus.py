@@ -131,24 +131,30 @@ def test_resegmented_epochs_keep_the_text_and_are_seeded_by_epoch(tmp_path, toy_
 
     processors, corpus = _tokenized_toy(tmp_path, toy_corpus)
 
-    def epoch(number, folder, seed=1):
+    def epochs(numbers, folder, seed=1):
         resegmenter = Resegmenter(corpus, processors, 0.1, 64, seed, 1000, 3, tmp_path / folder)
-        made = resegmenter.epoch(number)
-        assert resegmenter.epoch(number) is made  # asked twice (a pipeline per replica): made once
-        pairs = [(s.tolist(), t.tolist()) for s, t in made.read()]
+        pairs = []
+        for number in numbers:
+            made = resegmenter.epoch(number)
+            assert resegmenter.epoch(number) is made  # asked twice (a pipeline per replica): made once
+            pairs.append([(s.tolist(), t.tolist()) for s, t in made.read()])
         resegmenter.close()
         assert not (tmp_path / folder).exists()
         return pairs
 
+    def epoch(number, folder, seed=1):
+        return epochs([number], folder, seed)[0]
+
     best = [(s.tolist(), t.tolist()) for s, t in corpus.read(end=1000)]
-    first = epoch(0, "a")
+    first, second = epochs([0, 1], "a")  # the second from the n best the first found
     assert len(first) == 1000 and first == epoch(0, "b")  # made on another thread, another time
+    assert second == epoch(1, "f")  # resumed at epoch 1: the n best found anew, the same draws
     for side in (0, 1):
         processor = processors[("src", "tgt")[side]]
         assert [processor.decode(p[side]) for p in first] == [processor.decode(p[side]) for p in best]
     changed = sum(p != q for p, q in zip(first, best))
     assert 50 < changed < 1000  # sampled: many pairs segmented otherwise, not all
-    assert epoch(1, "c") != first and epoch(0, "d", seed=2) != first
+    assert second != first and epoch(0, "d", seed=2) != first
     made_elsewhere = subprocess.run([sys.executable, "-c", _RESEGMENT_IN_A_PROCESS, str(tmp_path / "run"),
                                      str(tmp_path / "e")], capture_output=True, text=True, check=True,
                                     cwd=Path(__file__).resolve().parents[1])
