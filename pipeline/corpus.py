@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.errors import ConfigError
 from pipeline.vocab import BOS, EOS, PAD
 
 INDEX = "train.json"
@@ -178,6 +179,12 @@ class SegmentationSampler:
     """
 
     def __init__(self, processor, alpha: float, nbest: int):
+        try:
+            processor.nbest_encode("", nbest_size=2)
+        except RuntimeError as error:  # "NBestEncode is not available for the current model"
+            raise ConfigError("train.subword_alpha samples among the n best segmentations, which SentencePiece "
+                              "finds for unigram tokenizers only; this run's are not",
+                              hint="tokenize with --model-type unigram, or set train.subword_alpha 0") from error
         self.processor, self.alpha, self.nbest_size = processor, alpha, nbest
         scores = np.array([processor.get_score(i) for i in range(processor.get_piece_size())])
         scores[processor.unk_id()] = scores.min() - UNKNOWN_PENALTY

@@ -96,13 +96,14 @@ def test_epoch_seeds_differ_by_epoch_and_seed(epoch):
     assert len({epoch_seed(7, epoch), epoch_seed(7, epoch + 1), epoch_seed(8, epoch)}) == 3
 
 
-def _tokenized_toy(tmp_path, toy_corpus):
+def _tokenized_toy(tmp_path, toy_corpus, model_type="unigram"):
     from pipeline.artifacts import Run
     from pipeline.config import TokenizeConfig
     from pipeline.tokenize import load_encoded, load_tokenizers, tokenize
 
     run = Run.at(tmp_path / "run")
-    tokenize(run, TokenizeConfig(vocab_size=60), src=str(toy_corpus["train_src"]), tgt=str(toy_corpus["train_tgt"]))
+    tokenize(run, TokenizeConfig(vocab_size=60, model_type=model_type), src=str(toy_corpus["train_src"]),
+             tgt=str(toy_corpus["train_tgt"]))
     processors, _ = load_tokenizers(run, needed_by="test")
     return processors, load_encoded(run, needed_by="test")
 
@@ -184,3 +185,13 @@ def test_segmentations_are_drawn_with_probability_p_to_the_alpha_among_the_n_bes
     observed = np.bincount(draws, minlength=8) / len(draws)
     np.testing.assert_allclose(observed, expected, atol=0.015)
     assert sampler.sample(["", "sky ."], rng)[0] == []  # an empty text has one segmentation: none
+
+
+def test_sampling_needs_unigram_tokenizers(tmp_path, toy_corpus):
+    """SentencePiece finds the n best for unigram models only: a BPE run gets a clear error."""
+    from pipeline.corpus import SegmentationSampler
+    from pipeline.errors import ConfigError
+
+    processors, _ = _tokenized_toy(tmp_path, toy_corpus, model_type="bpe")
+    with pytest.raises(ConfigError, match="unigram tokenizers only"):
+        SegmentationSampler(processors["src"], alpha=0.5, nbest=64)
