@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from pipeline.artifacts import atomic_path
 from pipeline.errors import ConfigError
 from pipeline.vocab import BOS, EOS, PAD
 
@@ -218,9 +219,6 @@ class SegmentationSampler:
         ids = nbest["ids"]
         return [ids[start:start + length].tolist() for start, length in zip(starts[chosen], nbest["lengths"][chosen])]
 
-    def sample(self, texts: list[str], rng: np.random.Generator) -> list[list[int]]:
-        return self.draw(self.nbest(texts), rng)
-
 
 class Resegmenter:
     """Subword regularisation (Kudo 2018): each epoch, pairs 0..end-1 of `corpus` segmented anew,
@@ -288,10 +286,8 @@ class Resegmenter:
         sampler = self.samplers[side]
         rows = np.split(ids, np.cumsum(lengths)[:-1])
         nbest = sampler.nbest(sampler.processor.decode([row.tolist() for row in rows]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, **nbest)
-        partial.replace(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:
+            np.savez(file, **nbest)
         return nbest
 
 

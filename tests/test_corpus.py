@@ -181,10 +181,10 @@ def test_segmentations_are_drawn_with_probability_p_to_the_alpha_among_the_n_bes
     expected = np.exp(0.5 * sampler.log_probabilities([np.array(x) for x in segmentations]))
     expected /= expected.sum()
     rng = np.random.default_rng(0)
-    draws = [segmentations.index(x) for x in sampler.sample([text] * 20000, rng)]
+    draws = [segmentations.index(x) for x in sampler.draw(sampler.nbest([text] * 20000), rng)]
     observed = np.bincount(draws, minlength=8) / len(draws)
     np.testing.assert_allclose(observed, expected, atol=0.015)
-    assert sampler.sample(["", "sky ."], rng)[0] == []  # an empty text has one segmentation: none
+    assert sampler.draw(sampler.nbest(["", "sky ."]), rng)[0] == []  # an empty text has one segmentation: none
 
 
 def test_sampling_needs_unigram_tokenizers(tmp_path, toy_corpus):
