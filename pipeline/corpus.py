@@ -59,7 +59,10 @@ class ShardWriter:
         feature = {"src": tf.train.Feature(int64_list=tf.train.Int64List(value=src)),
                    "tgt": tf.train.Feature(int64_list=tf.train.Int64List(value=tgt)),
                    "n": tf.train.Feature(int64_list=tf.train.Int64List(value=[self.pairs]))}
-        self.writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+        # deterministic: the feature map's keys in order; by default upb orders them differently in
+        # every process, so the same pairs gave other shard bytes (and hashes) in each run
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        self.writer.write(example.SerializeToString(deterministic=True))
         shard = self.shards[-1]
         shard["pairs"] += 1
         shard["src_tokens"] += len(src)

@@ -42,6 +42,29 @@ def test_shards_hold_every_pair_in_order_and_the_index_counts_them(tmp_path):
     assert np.concatenate([ids for ids, _ in chunks]).tolist() == sum(src, [])
 
 
+_WRITE_IN_A_PROCESS = """
+import sys
+from pipeline.corpus import ShardWriter
+writer = ShardWriter(sys.argv[1])
+writer.add([5, 6, 7], [8, 9])
+writer.close()
+"""
+
+
+def test_the_same_pairs_give_the_same_shard_bytes_in_any_process(tmp_path):
+    """A record's features are a protobuf map, which upb serialises in an order of its own in each
+    process unless asked for a deterministic one: then a rerun's shards (and their hashes) differ."""
+    import subprocess
+    import sys
+
+    folders = [tmp_path / str(i) for i in range(4)]  # one order of three keys in six: 4 processes catch it
+    for folder in folders:
+        folder.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITE_IN_A_PROCESS, str(folder)],
+                              cwd=Path(__file__).resolve().parents[1]) for folder in folders]
+    assert [proc.wait() for proc in procs] == [0] * len(procs)
+    assert len({(folder / "train-00000.tfrecord").read_bytes() for folder in folders}) == 1
+
 def _epoch(corpus, epoch, batch_size=16, end=None, min_rows=1):
     seed = epoch_seed(7, epoch)
     pools = corpus.pools(POOL * batch_size, seed=seed, end=end)
