@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 from pipeline import faults
-from pipeline.errors import StageError
+from pipeline.errors import ConfigError, StageError
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"  # stages being written, inside the run directory
@@ -106,6 +106,15 @@ class Declaration(NamedTuple):
     inputs: dict[str, str | None]  # name -> path; None: not given
 
 
+def run_directory(path: str | Path) -> Path:
+    """`path` as a run directory, refusing an empty path (the working directory) and a file."""
+    if not str(path).strip():
+        raise ConfigError("the run directory is an empty path", hint="give one, e.g. --run saved_models/NAME")
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"the run directory {path} is a file", hint="give a directory, e.g. saved_models/NAME")
+    return Path(path)
+
+
 @dataclass(frozen=True)
 class Run:
     """A run directory and the stages inside it."""
@@ -114,8 +123,6 @@ class Run:
 
     @classmethod
     def at(cls, path: str | Path) -> "Run":
-        from pipeline.config import run_directory
-
         return cls(run_directory(path))
 
     def stage_dir(self, stage: str) -> Path:

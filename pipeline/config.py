@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.artifacts import run_directory
 from pipeline.errors import ConfigError
 
 # Languages written without spaces between words: SentencePiece needs a character coverage
@@ -345,15 +346,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     return values
-
-
-def run_directory(path: str | Path) -> Path:
-    """`path` as a run directory, refusing an empty path (the working directory) and a file."""
-    if not str(path).strip():
-        raise ConfigError("the run directory is an empty path", hint="give one, e.g. --run saved_models/NAME")
-    if Path(path).exists() and not Path(path).is_dir():
-        raise ConfigError(f"the run directory {path} is a file", hint="give a directory, e.g. saved_models/NAME")
-    return Path(path)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

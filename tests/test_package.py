@@ -61,3 +61,32 @@ def test_translate_refuses_unknown_and_bad_settings(tiny_run):
         translator.translate(["x"], beams=5)
     with pytest.raises(ConfigError, match=re.escape("decode.beam must be >= 1; got 0")):
         translator.translate(["x"], beam=0)
+
+
+def _pipeline_imports(source: str) -> set[str]:
+    """The pipeline modules a module's source imports, function-local imports included."""
+    import ast
+
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline.")}
+    return found
+
+
+def test_the_pipeline_modules_import_one_another_without_a_cycle():
+    """A cycle hidden in a function-local import is still one: each module's dependencies must come
+    first in some order (config -> data -> download -> artifacts -> config was one)."""
+    import graphlib
+
+    graph = {path.stem: _pipeline_imports(path.read_text(encoding="utf-8")) - {path.stem}
+             for path in (ROOT / "pipeline").glob("*.py")}
+    assert "checkpoints" in graph["translate"]  # a function-local import is seen
+    try:
+        list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle in pipeline/: {' imports '.join(reversed(e.args[1]))}")  # graphlib: dependency first
