@@ -25,10 +25,9 @@ import typer
 from benchmarks.bench import command, write_json
 from pipeline.errors import ConfigError
 from pipeline.progress import log
-from pipeline.tokenize import EOS, PAD
+from pipeline.vocab import FIRST_WORD, PAD
 
 NEEDED_BY = "benchmarks/speed.py"
-FIRST_WORD = EOS + 1  # ids below are pad, unk, bos, eos, which word2vec never trains
 
 
 def interval_rates(times: list[float], tokens: list[int], warmup: int, interval: int) -> list[float]:

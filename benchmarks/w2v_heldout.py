@@ -21,7 +21,8 @@ from pipeline.artifacts import Run  # noqa: E402
 from pipeline.config import PretrainConfig  # noqa: E402
 from pipeline.data import read_lines  # noqa: E402
 from pipeline.tokenize import load_encoded, load_tokenizers  # noqa: E402
-from pipeline.word2vec import FIRST_WORD, NOISE_POWER, train  # noqa: E402
+from pipeline.vocab import FIRST_WORD  # noqa: E402
+from pipeline.word2vec import NOISE_POWER, train  # noqa: E402
 
 
 def heldout_loss(inputs: np.ndarray, outputs: np.ndarray, centres: np.ndarray, contexts: np.ndarray,

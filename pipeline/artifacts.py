@@ -5,9 +5,11 @@ Layout of `saved_models/NAME/`:
     split/     train.src train.tgt dev.src dev.tgt test.src test.tgt manifest.json (optional stage)
     tokenize/  spm.src.model spm.tgt.model (and .vocab) train.json train-NNNNN.tfrecord manifest.json
     pretrain/  emb.src.npy emb.src.txt emb.tgt.npy emb.tgt.txt manifest.json
-    train/     model.keras (best by dev BLEU) history.csv state.json checkpoints/ manifest.json
+    train/     model.keras (best by dev BLEU) history.csv state.json checkpoints/ tensorboard/ manifest.json
     evaluate/  hypotheses.txt report.json manifest.json
-    .staging/  stages being written (train's holds backup/ of an interrupted training)
+    plots/     curves.png attention-N.png (`cli.py plot`; not a stage, no manifest)
+    .staging/  stages being written (train's holds backup/ of an interrupted training, and the
+               segmentations/ of subword regularisation while it trains)
     .lock      held by the one command writing to the run
 
 A stage writes into `.staging/STAGE/` and its manifest last; only then is the directory swapped

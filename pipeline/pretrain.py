@@ -34,10 +34,9 @@ from pipeline.errors import StageError
 from pipeline.progress import log, progress
 from pipeline.corpus import EncodedCorpus
 from pipeline.tokenize import load_encoded, load_tokenizers, reading_encoded
-from pipeline.vocab import SIDES
+from pipeline.vocab import FIRST_WORD, SIDES
 
 STAGE = "pretrain"
-FIRST_WORD = word2vec.FIRST_WORD  # ids below are pad, unk, bos, eos
 ENCODE_BATCH = 4096  # lines of extra text encoded per SentencePiece call
 CHUNK_SENTENCES = 1 << 16  # sentences of the corpus read and subsampled at a time
 # A side of at most this many pieces (64 MiB of ids) is read from the shards once and kept; a

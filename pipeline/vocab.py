@@ -11,6 +11,7 @@ from typing import Iterable
 import numpy as np
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
+FIRST_WORD = EOS + 1  # the first id of a real piece: word2vec trains none below it
 SIDES = ("src", "tgt")
 
 

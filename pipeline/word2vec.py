@@ -40,9 +40,8 @@ import tensorflow as tf
 from pipeline.config import PretrainConfig
 from pipeline.errors import ConfigError, StageError
 from pipeline.progress import log, progress
-from pipeline.vocab import EOS
+from pipeline.vocab import FIRST_WORD
 
-FIRST_WORD = EOS + 1  # ids 0-3 are pad, unk, bos, eos: never trained as words
 NOISE_POWER = 0.75
 MIN_RATE = 1e-4  # the rate decays linearly to this fraction of its start, as in word2vec.c
 CENTRES_PER_CALL = 16_384  # centre words per train_on_batch call: SGD steps in one compiled loop

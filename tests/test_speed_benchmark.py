@@ -14,7 +14,7 @@ from benchmarks import report
 from benchmarks.measure import batch_tokens, interval_rates
 from pipeline.distribute import devices, precision_for
 from pipeline.errors import ConfigError
-from pipeline.tokenize import PAD
+from pipeline.vocab import PAD
 from tests.conftest import ROOT, toy_pairs, write_corpus
 
 SCRIPT = ROOT / "benchmarks" / "speed.py"
