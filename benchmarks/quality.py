@@ -7,11 +7,12 @@
     python benchmarks/quality.py --only "en-ja, seed 2,en-ja, ensemble of 2 seeds"  # 2 runs ensembled
     python benchmarks/quality.py --only "en-ja, 512 wide, distilled from the 512-wide ensemble"
 
-Each job is `python cli.py pipeline` on a config (a shipped one, or the default with a few keys
-changed) in its own run directory under --runs, then `python cli.py evaluate` on the test set by
-beam; an ensemble job evaluates its member jobs' runs together, and a distilled job trains on its
-teacher ensemble's translations of the training sources (`python cli.py translate` on the member
-jobs' runs, once). The pipeline skips finished stages, so an interrupted benchmark resumes. For
+Each job is `python cli.py pipeline` on a shipped config with a few settings overridden on its
+command line (`--model.cell lstm`), in its own run directory under --runs (the command is kept in
+the results), then `python cli.py evaluate` on the test set greedy, by beam 5 and 10; an ensemble
+job evaluates its member jobs' runs together, and a distilled job trains on its teacher
+ensemble's translations of the training sources (`python cli.py translate` on the member jobs'
+runs, once). The pipeline skips finished stages, so an interrupted benchmark resumes. For
 the default job it also scores the best checkpoint (by dev BLEU) reached within --at-minutes of
 training (comparable with a peer trained that long) and, with --at-epochs N, within its first N
 epochs: the row that `--epochs N` ablations compare with, as long as the learning rate was not
@@ -25,9 +26,9 @@ from __future__ import annotations
 import csv
 import fcntl
 import json
+import shlex
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,82 +36,72 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 import typer  # noqa: E402
 
-from benchmarks.bench import ROOT, child, choose, command, json_option, log, num, table, to_toml  # noqa: E402
+from benchmarks.bench import ROOT, child, choose, command, json_option, log, num, table  # noqa: E402
 from pipeline.artifacts import Run, write_json_atomic  # noqa: E402
-from pipeline.config import PipelineConfig, from_dict  # noqa: E402
+from pipeline.config import PipelineConfig, load_pipeline_config  # noqa: E402
 from pipeline.errors import ConfigError, StageError  # noqa: E402
 
 # a warm-up of about an epoch, then a half cosine to 0 at the last epoch, every epoch run (no early stop)
-COSINE = {"lr_schedule": "cosine", "warmup_steps": 800, "patience": 20}
+COSINE = "--train.lr_schedule cosine --train.warmup_steps 800 --train.patience 20"
+KEEP_ALL = "--train.keep_checkpoints 0"  # every epoch's checkpoint kept (--at-epochs, --at-minutes)
+NO_SUBWORDS = "--train.subword_alpha 0"  # en2ja_wide.toml's jobs from before it had subword regularisation
+BEAMS = (1, 5, 10)  # evaluated: greedy (beam 1), beam 5 and 10
 
-# en2ja_wide.toml's jobs from before it had subword regularisation keep it off
-NO_SUBWORDS = {"subword_alpha": 0.0}
-
-# name -> (base config, overrides by section, beams to evaluate)
-JOBS: dict[str, tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]] = {
-    "ja-en": ("configs/enja.toml", {"train": {"keep_checkpoints": 0}}, (1, 5, 10)),
-    "en-ja": ("configs/en2ja.toml", {}, (1, 5)),
-    "en-ja, seed 2": ("configs/en2ja.toml", {"train": {"seed": 2}}, (1, 5)),
-    "tatoeba ja-en": ("configs/tatoeba_jaen.toml", {}, (1, 5)),
-    "tatoeba ja-en, dropout 0.3": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}}, (1, 5)),
-    "tatoeba ja-en, subword regularisation": ("configs/tatoeba_jaen.toml", {"train": {"subword_alpha": 0.1}}, (1, 5)),
-    "ja-en, bfloat16": ("configs/enja.toml", {"train": {"keep_checkpoints": 0, "precision": "mixed_bfloat16"}},
-                        (1, 5, 10)),
-    "ja-en, random embeddings": ("configs/enja.toml", {"train": {"pretrained": False}}, (1, 5)),
-    "ja-en, LSTM": ("configs/enja.toml", {"model": {"cell": "lstm"}}, (1, 5)),
-    "ja-en, LSTM peephole": ("configs/enja.toml", {"model": {"cell": "lstm-peephole"}}, (1, 5)),
-    "ja-en, 2 encoder layers": ("configs/enja.toml", {"model": {"layers": 2}}, (1, 5)),
-    "ja-en, no label smoothing": ("configs/enja.toml", {"train": {"label_smoothing": 0.0}}, (1, 5)),
-    "ja-en, subword regularisation": ("configs/enja.toml", {"train": {"subword_alpha": 0.2}}, (1, 5)),
-    "ja-en, dropout 0.3, lr_patience 2": ("configs/enja.toml", {"model": {"dropout": 0.3}, "train": {"lr_patience": 2}},
-                                          (1, 5, 10)),
-    "en-ja, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}}, (1, 5, 10)),
-    "ja-en, word dropout 0.1": ("configs/enja.toml", {"model": {"word_dropout": 0.1}, "train": {
-        "keep_checkpoints": 0}}, (1, 5, 10)),
-    "ja-en, cosine schedule": ("configs/enja.toml", {"train": {"keep_checkpoints": 0, **COSINE}}, (1, 5, 10)),
-    "en-ja, cosine schedule": ("configs/en2ja.toml", {"train": COSINE}, (1, 5, 10)),
-    "ja-en, cosine schedule, word dropout 0.1": ("configs/enja.toml", {"model": {"word_dropout": 0.1}, "train": {
-        "keep_checkpoints": 0, **COSINE}}, (1, 5, 10)),
-    "en-ja, cosine schedule, dropout 0.3": ("configs/en2ja.toml", {"model": {"dropout": 0.3}, "train": COSINE},
-                                            (1, 5, 10)),
+# name -> (base config, its overrides as `python cli.py pipeline --config BASE ...` takes them)
+JOBS: dict[str, tuple[str, str]] = {
+    "ja-en": ("configs/enja.toml", KEEP_ALL),
+    "en-ja": ("configs/en2ja.toml", ""),
+    "en-ja, seed 2": ("configs/en2ja.toml", "--train.seed 2"),
+    "tatoeba ja-en": ("configs/tatoeba_jaen.toml", ""),
+    "tatoeba ja-en, dropout 0.3": ("configs/tatoeba_jaen.toml", "--model.dropout 0.3"),
+    "tatoeba ja-en, subword regularisation": ("configs/tatoeba_jaen.toml", "--train.subword_alpha 0.1"),
+    "ja-en, bfloat16": ("configs/enja.toml", f"{KEEP_ALL} --train.precision mixed_bfloat16"),
+    "ja-en, random embeddings": ("configs/enja.toml", "--train.pretrained false"),
+    "ja-en, LSTM": ("configs/enja.toml", "--model.cell lstm"),
+    "ja-en, LSTM peephole": ("configs/enja.toml", "--model.cell lstm-peephole"),
+    "ja-en, 2 encoder layers": ("configs/enja.toml", "--model.layers 2"),
+    "ja-en, no label smoothing": ("configs/enja.toml", "--train.label_smoothing 0.0"),
+    "ja-en, subword regularisation": ("configs/enja.toml", "--train.subword_alpha 0.2"),
+    "ja-en, dropout 0.3, lr_patience 2": ("configs/enja.toml", "--model.dropout 0.3 --train.lr_patience 2"),
+    "en-ja, dropout 0.3": ("configs/en2ja.toml", "--model.dropout 0.3"),
+    "ja-en, word dropout 0.1": ("configs/enja.toml", f"--model.word_dropout 0.1 {KEEP_ALL}"),
+    "ja-en, cosine schedule": ("configs/enja.toml", f"{KEEP_ALL} {COSINE}"),
+    "en-ja, cosine schedule": ("configs/en2ja.toml", COSINE),
+    "ja-en, cosine schedule, word dropout 0.1": ("configs/enja.toml", f"--model.word_dropout 0.1 {KEEP_ALL} {COSINE}"),
+    "en-ja, cosine schedule, dropout 0.3": ("configs/en2ja.toml", f"--model.dropout 0.3 {COSINE}"),
     # the shipped wide configs: 512 wide everywhere (the pretrained vectors must match the embeddings), dropout 0.3,
-    # and COSINE (en2ja's lr_patience, which the cosine course ignores, dropped); the en-ja jobs before subword
-    # regularisation, which en2ja_wide.toml has since, keep it off
-    "en-ja, 512 wide, dropout 0.3, cosine schedule": ("configs/en2ja_wide.toml", {"train": NO_SUBWORDS}, (1, 5, 10)),
-    "ja-en, 512 wide, dropout 0.3, cosine schedule": ("configs/enja_wide.toml", {"train": {"keep_checkpoints": 0}},
-                                                      (1, 5, 10)),
+    # and COSINE (en2ja's lr_patience, which the cosine course ignores, dropped)
+    "en-ja, 512 wide, dropout 0.3, cosine schedule": ("configs/en2ja_wide.toml", NO_SUBWORDS),
+    "ja-en, 512 wide, dropout 0.3, cosine schedule": ("configs/enja_wide.toml", KEEP_ALL),
     # the wide en-ja model overfits from epoch 8 (dev loss up, dev BLEU flat): more dropout
-    "en-ja, 512 wide, dropout 0.4, cosine schedule": ("configs/en2ja_wide.toml", {"model": {"dropout": 0.4},
-                                                      "train": NO_SUBWORDS}, (1, 5, 10)),
+    "en-ja, 512 wide, dropout 0.4, cosine schedule": ("configs/en2ja_wide.toml", f"--model.dropout 0.4 {NO_SUBWORDS}"),
     # in both wide en-ja runs greedy dev BLEU and beam-5 test BLEU disagreed by more than the levers' effects:
     # choose the checkpoint by beam-5 dev BLEU, the figure reported (every checkpoint kept, to compare the choices)
-    "en-ja, 512 wide, dropout 0.3, cosine schedule, dev beam 5": ("configs/en2ja_wide.toml", {"train": {
-        "dev_beam": 5, "keep_checkpoints": 0, **NO_SUBWORDS}}, (1, 5, 10)),
+    "en-ja, 512 wide, dropout 0.3, cosine schedule, dev beam 5": ("configs/en2ja_wide.toml",
+                                                                  f"--train.dev_beam 5 {KEEP_ALL} {NO_SUBWORDS}"),
     # the shipped en2ja_wide config's spread between runs (the 256 default's four runs: 37.27 to 39.93)
-    "en-ja, 512 wide, dropout 0.3, cosine schedule, seed 2": ("configs/en2ja_wide.toml", {"train": {
-        "seed": 2, **NO_SUBWORDS}}, (1, 5, 10)),
+    "en-ja, 512 wide, dropout 0.3, cosine schedule, seed 2": ("configs/en2ja_wide.toml",
+                                                              f"--train.seed 2 {NO_SUBWORDS}"),
     # Kudo (2018) against the wide model's overfitting, mildly: alpha 0.5 among the 64 best segmentations leaves
     # about half the training sentences as the best segmentation and adds 5% pieces (0.2, tried at 256 wide, changes
     # 95%); the shipped en2ja_wide.toml since it scored 40.18 (then by SentencePiece's sampling among all)
-    "en-ja, 512 wide, subword regularisation 0.5": ("configs/en2ja_wide.toml", {}, (1, 5, 10)),
-    "en-ja, 512 wide, subword regularisation 0.5, seed 2": ("configs/en2ja_wide.toml", {"train": {"seed": 2}},
-                                                            (1, 5, 10)),
+    "en-ja, 512 wide, subword regularisation 0.5": ("configs/en2ja_wide.toml", ""),
+    "en-ja, 512 wide, subword regularisation 0.5, seed 2": ("configs/en2ja_wide.toml", "--train.seed 2"),
     # dropout 0.3 was still improving at epoch 20 under the plateau rule: 25 epochs of a cosine course
-    "tatoeba ja-en, dropout 0.3, cosine schedule": ("configs/tatoeba_jaen.toml", {"model": {"dropout": 0.3}, "train": {
-        **COSINE, "epochs": 25, "patience": 25}}, (1, 5)),
-    "tatoeba ja-en, 512 wide, dropout 0.3": ("configs/tatoeba_jaen_wide.toml", {}, (1, 5)),  # 30 epochs
+    "tatoeba ja-en, dropout 0.3, cosine schedule": ("configs/tatoeba_jaen.toml", f"--model.dropout 0.3 {COSINE} "
+                                                    "--train.epochs 25 --train.patience 25"),
+    "tatoeba ja-en, 512 wide, dropout 0.3": ("configs/tatoeba_jaen_wide.toml", ""),  # 30 epochs
     # Sennrich and Zhang (2019) for small corpora: a smaller vocabulary (Japanese needs 2,012 pieces at
     # least) and word dropout, beside the 0.3 dropout; up to 30 epochs of the plateau rule
-    "tatoeba ja-en, dropout 0.3, word dropout 0.1, 2,500 pieces": ("configs/tatoeba_jaen.toml", {
-        "tokenize": {"vocab_size": 2500}, "model": {"dropout": 0.3, "word_dropout": 0.1}, "train": {"epochs": 30}},
-        (1, 5)),
+    "tatoeba ja-en, dropout 0.3, word dropout 0.1, 2,500 pieces": ("configs/tatoeba_jaen.toml", (
+        "--tokenize.vocab_size 2500 --model.dropout 0.3 --model.word_dropout 0.1 --train.epochs 30")),
 }
-# name -> (member jobs, beams to evaluate): their runs' models ensembled at translate time; the
-# members are trained by their own jobs (which come first in the default order)
-ENSEMBLES: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
-    "en-ja, ensemble of 2 seeds": (("en-ja", "en-ja, seed 2"), (1, 5, 10)),
-    "en-ja, 512 wide, ensemble of 2 seeds": (("en-ja, 512 wide, dropout 0.3, cosine schedule",
-                                              "en-ja, 512 wide, dropout 0.3, cosine schedule, seed 2"), (1, 5, 10)),
+# name -> member jobs: their runs' models ensembled at translate time; the members are trained by
+# their own jobs (which come first in the default order)
+ENSEMBLES: dict[str, tuple[str, ...]] = {
+    "en-ja, ensemble of 2 seeds": ("en-ja", "en-ja, seed 2"),
+    "en-ja, 512 wide, ensemble of 2 seeds": ("en-ja, 512 wide, dropout 0.3, cosine schedule",
+                                             "en-ja, 512 wide, dropout 0.3, cosine schedule, seed 2"),
 }
 # name -> (teacher: an ENSEMBLES job, student: a JOBS job): the student's config trained on the teacher's
 # beam-5 translations of the training sources instead of their references (sequence-level knowledge
@@ -132,31 +123,25 @@ def label(name: str, epochs: int | None) -> str:
     return f"{name}, {epochs} epochs" if epochs else name
 
 
-def pipeline_config(values: dict[str, Any]) -> PipelineConfig:
-    """A job's TOML values as the pipeline reads them, the defaults filled in."""
-    return from_dict(PipelineConfig, values)
-
-
-def spec(name: str) -> tuple[str, dict[str, dict[str, Any]], tuple[int, ...]]:
-    """A trained job's base config, overrides and beams: a distilled job's are its student's."""
-    return JOBS[DISTILLED[name][1]] if name in DISTILLED else JOBS[name]
-
-
-def job_config(name: str, runs: Path, budget: float | None, epochs: int | None = None) -> dict[str, Any]:
-    base, overrides, _ = spec(name)
-    with open(ROOT / base, "rb") as f:
-        config = tomllib.load(f)
-    for section, values in overrides.items():
-        config.setdefault(section, {}).update(values)
+def job_args(name: str, runs: Path, budget: float | None = None, epochs: int | None = None) -> list[str]:
+    """`python cli.py pipeline`'s arguments for a trained job (a distilled job: its student's
+    config, trained on its teacher's translations): the base config, then the overrides."""
+    base, overrides = JOBS[DISTILLED[name][1] if name in DISTILLED else name]
+    args = ["--config", str(ROOT / base), *overrides.split(), "--run", str(runs / slug(label(name, epochs)))]
     if budget:
-        config.setdefault("train", {})["time_budget"] = budget
+        args += ["--train.time_budget", str(budget)]
     if epochs:
-        config.setdefault("train", {}).update(epochs=epochs, average_checkpoints=0)
-    config["run"] = str(runs / slug(label(name, epochs)))
+        args += ["--train.epochs", str(epochs), "--train.average_checkpoints", "0"]
     if name in DISTILLED:  # the teacher is the full ensemble, whatever the student's epochs
-        teacher, targets = DISTILLED[name][0], Path(config["data"]["tgt"])
-        config["data"]["tgt"] = str(runs / f"{slug(teacher)}.train{targets.suffix}")  # the suffix names the language
-    return config
+        suffix = Path(load_pipeline_config(ROOT / base).data.tgt).suffix  # names the language
+        args += ["--data.tgt", str(runs / f"{slug(DISTILLED[name][0])}.train{suffix}")]
+    return args
+
+
+def job_config(name: str, runs: Path, budget: float | None = None, epochs: int | None = None) -> PipelineConfig:
+    """A trained job's settings as `python cli.py pipeline` reads them from `job_args`."""
+    config, *overrides = job_args(name, runs, budget, epochs)[1:]
+    return load_pipeline_config(config, overrides)
 
 
 def cli(*args: Any) -> dict[str, Any]:
@@ -174,7 +159,7 @@ def dev_curve(run: Run) -> list[dict[str, float]]:
                 for row in csv.DictReader(f)]
 
 
-def best_within(run: Run, config: dict[str, Any], beams: tuple[int, ...], minutes: float = 0.0,
+def best_within(run: Run, config: PipelineConfig, beams: tuple[int, ...], minutes: float = 0.0,
                 epochs: int = 0) -> dict[str, Any] | None:
     """Test BLEU of the best checkpoint (by dev BLEU) among the epochs finished within `minutes` of
     training, or among the first `epochs`."""
@@ -193,23 +178,22 @@ def best_within(run: Run, config: dict[str, Any], beams: tuple[int, ...], minute
         return None
     translator = Translator.load(run, needed_by="quality benchmark")
     translator.model.load_weights(checkpoint)
-    pairs = list(read_parallel(ROOT / config["data"]["test_src"], ROOT / config["data"]["test_tgt"]))
+    pairs = list(read_parallel(ROOT / config.data.test_src, ROOT / config.data.test_tgt))
     result = {"minutes": minutes, "epochs": epochs, "epoch": best["epoch"], "elapsed_min": best["elapsed_min"],
               "dev_bleu": best["dev_bleu"], "curve": [p["dev_bleu"] for p in curve]}
     for beam in beams:
         decode = DecodeConfig(strategy="beam" if beam > 1 else "greedy", beam=beam)
         hyps = [h.text for h in translator.translate([s for s, _ in pairs], decode)]
-        scores = score(hyps, [t for _, t in pairs], tokenize=config["evaluate"]["tokenize"])
+        scores = score(hyps, [t for _, t in pairs], tokenize=config.evaluate.tokenize)
         result[f"beam{beam}"] = {"bleu": round(scores["bleu"], 2), "sacrebleu": round(scores["sacrebleu"], 2)}
     return result
 
 
-def test_scores(runs: list[Run], src: Any, ref: Any, tokenize: str, beams: tuple[int, ...],
-                grouped: bool = False) -> dict[str, Any]:
+def test_scores(runs: list[Run], src: Any, ref: Any, tokenize: str, grouped: bool = False) -> dict[str, Any]:
     """`python cli.py evaluate` of the runs (several: ensembled) by beam, greedy for beam 1;
     `grouped`: each distinct source once, against all its references (`--group-references`)."""
     scores = {}
-    for beam in beams:
+    for beam in BEAMS:
         report = cli("evaluate", *[a for run in runs for a in ("--run", run.root)], "--src", src, "--ref", ref,
                      "--tokenize", tokenize, "--json", *(["--greedy"] if beam == 1 else ["--beam", beam]),
                      *(["--group-references"] if grouped else []))
@@ -220,8 +204,8 @@ def test_scores(runs: list[Run], src: Any, ref: Any, tokenize: str, beams: tuple
 
 def trained_members(name: str, runs: Path, epochs: int | None = None) -> list[Run]:
     """The runs of an ensemble's member jobs, each of which must have finished training."""
-    member_runs = [Run.at(job_config(m, runs, None, epochs)["run"]) for m in ENSEMBLES[name][0]]
-    for member, run in zip(ENSEMBLES[name][0], member_runs):
+    member_runs = [Run.at(job_config(m, runs, epochs=epochs).run) for m in ENSEMBLES[name]]
+    for member, run in zip(ENSEMBLES[name], member_runs):
         if not run.has("train"):
             raise StageError(f"{name} needs the run of job {member!r} ({run.root}); train that job first")
     return member_runs
@@ -229,64 +213,58 @@ def trained_members(name: str, runs: Path, epochs: int | None = None) -> list[Ru
 
 def run_ensemble(name: str, runs: Path, results: dict[str, Any], epochs: int | None = None) -> dict[str, Any]:
     """Test figures of the member jobs' runs ensembled; each member must have finished training."""
-    members, beams = ENSEMBLES[name]
-    member_runs = trained_members(name, runs, epochs)
-    config = pipeline_config(job_config(members[0], runs, None, epochs))
+    members, member_runs = ENSEMBLES[name], trained_members(name, runs, epochs)
+    config = job_config(members[0], runs, epochs=epochs)
     return {"members": list(members), "epochs_cap": epochs,
-            "test": test_scores(member_runs, config.data.test_src, config.data.test_tgt, config.evaluate.tokenize,
-                                beams),
+            "test": test_scores(member_runs, config.data.test_src, config.data.test_tgt, config.evaluate.tokenize),
             "train_min": sum(results.get(label(m, epochs), {}).get("stage_seconds", {}).get("train", 0)
                              for m in members) / 60,
             "date": time.strftime("%Y-%m-%d")}
 
 
-def teacher_translations(name: str, runs: Path, config: dict[str, Any]) -> None:
-    """Write a distilled job's training targets, `config["data"]["tgt"]`: its teacher's beam-5
+def teacher_translations(name: str, runs: Path, config: PipelineConfig) -> None:
+    """Write a distilled job's training targets, `config.data.tgt`: its teacher's beam-5
     translations of the training sources, by `python cli.py translate` (once: a rerun reuses them)."""
-    targets = Path(config["data"]["tgt"])
+    targets = Path(config.data.tgt)
     if targets.is_file():
         return
     members = trained_members(DISTILLED[name][0], runs)
     child([sys.executable, ROOT / "cli.py", "translate", *[a for run in members for a in ("--run", run.root)],
-           "--input", config["data"]["src"], "--output", targets, "--beam", 5], "python cli.py translate")
+           "--input", config.data.src, "--output", targets, "--beam", 5], "python cli.py translate")
 
 
 def run_job(name: str, runs: Path, budget: float | None, minutes: float, previous: dict[str, Any],
             collect: bool = False, epochs: int | None = None, at_epochs: int = 0) -> dict[str, Any]:
-    config, (base, overrides, beams) = job_config(name, runs, budget, epochs), spec(name)
+    args = job_args(name, runs, budget, epochs)
+    config = job_config(name, runs, budget, epochs)
     if name in DISTILLED and not collect:
         teacher_translations(name, runs, config)
-    run = Run.at(config["run"])
-    config_path = run.root.parent / f"{run.root.name}.toml"
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(to_toml(config), encoding="utf-8")
+    run = Run.at(config.run)
     if collect:  # figures of the run as it stands, trained earlier
         log.info("%s: collecting %s as it stands", name, run.root)
         stages = {}
     else:
-        stages = cli("pipeline", "--config", config_path)["stages"]
+        stages = cli("pipeline", *args)["stages"]
     seconds = {**previous.get("stage_seconds", {}),
                **{stage: info["seconds"] for stage, info in stages.items() if info["status"] == "ran"}}
-    settings = pipeline_config(config)  # with the defaults the job's TOML leaves out
-    tokenize = settings.evaluate.tokenize
-    test = (settings.data.test_src or run.path("split", "test.src"),
-            settings.data.test_tgt or run.path("split", "test.tgt"))
+    test = (config.data.test_src or run.path("split", "test.src"),
+            config.data.test_tgt or run.path("split", "test.tgt"))
     result: dict[str, Any] = {
-        "config": str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
-        "base": base, "overrides": overrides, "budget_min": budget, "epochs_cap": epochs,
+        "command": shlex.join(["python", "cli.py", "pipeline", *args]),
+        "budget_min": budget, "epochs_cap": epochs,
         "stage_seconds": seconds, "train": run.manifest("train", needed_by="benchmarks/quality.py")["report"],
-        "dev_curve": dev_curve(run), "dev_beam": settings.train.dev_beam,
-        "test": test_scores([run], *test, tokenize, beams),
+        "dev_curve": dev_curve(run), "dev_beam": config.train.dev_beam,
+        "test": test_scores([run], *test, config.evaluate.tokenize),
     }
     if name in DISTILLED:
         result["teacher"] = DISTILLED[name][0]
-    if "split" in config:  # a test set cut by split: each source with all its translations, one line each
-        result["test_grouped"] = test_scores([run], *test, tokenize, beams, grouped=True)
+    if config.split.enabled:  # a test set cut by split: each source with all its translations, one line each
+        result["test_grouped"] = test_scores([run], *test, config.evaluate.tokenize, grouped=True)
     if name == "ja-en" and not epochs:
         if minutes:
             result["at_minutes"] = best_within(run, config, (1, 5), minutes=minutes)
         if at_epochs:
-            result["at_epochs"] = best_within(run, config, (1, 5, 10), epochs=at_epochs)
+            result["at_epochs"] = best_within(run, config, BEAMS, epochs=at_epochs)
     result["date"] = time.strftime("%Y-%m-%d")
     return result
 

@@ -1,4 +1,4 @@
-"""The quality benchmark's own plumbing: configs it writes, and the table it renders."""
+"""The quality benchmark's own plumbing: the jobs it runs, and the table it renders."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from pipeline.config import PipelineConfig, from_dict
 from pipeline.errors import ConfigError, StageError
 from tests.conftest import ROOT
 
@@ -23,19 +23,20 @@ quality = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(quality)
 
 
-def test_every_job_writes_a_valid_pipeline_config(tmp_path):
-    for name in quality.JOBS:
-        config = quality.job_config(name, tmp_path, budget=40)
-        parsed = tomllib.loads(quality.to_toml(config))
-        assert parsed == config
-        pipeline = from_dict(PipelineConfig, parsed)  # validated as `cli.py pipeline` would
+def test_every_job_is_a_shipped_config_with_overrides_the_pipeline_takes(tmp_path):
+    for name in [*quality.JOBS, *quality.DISTILLED]:
+        args = quality.job_args(name, tmp_path, budget=40)
+        assert args[0] == "--config" and (ROOT / "configs") in Path(args[1]).parents
+        pipeline = quality.job_config(name, tmp_path, budget=40)  # validated as `cli.py pipeline` does
         assert pipeline.train.time_budget == 40 and pipeline.run.startswith(str(tmp_path))
-    lstm = from_dict(PipelineConfig, quality.job_config("ja-en, LSTM", tmp_path, None))
-    assert lstm.model.cell == "lstm" and lstm.train.time_budget == 0
-    # a shipped config holds only what differs from the defaults: run_job reads it with them
-    tatoeba = quality.job_config("tatoeba ja-en", tmp_path, None)
-    assert "evaluate" not in tatoeba and quality.pipeline_config(tatoeba).evaluate.tokenize == "13a"
-    for name, (members, _) in quality.ENSEMBLES.items():  # each ensemble's members are trained by jobs
+    lstm = quality.job_config("ja-en, LSTM", tmp_path)
+    assert lstm.model.cell == "lstm" and lstm.train.time_budget == 0 and lstm.model.units == 256
+    cosine = quality.job_config("tatoeba ja-en, dropout 0.3, cosine schedule", tmp_path)
+    assert cosine.train.lr_schedule == "cosine" and cosine.train.patience == 25  # a later override wins
+    assert quality.job_config("ja-en, random embeddings", tmp_path).train.pretrained is False
+    # a shipped config holds only what differs from the defaults: the job has them filled in
+    assert quality.job_config("tatoeba ja-en", tmp_path).evaluate.tokenize == "13a"
+    for name, members in quality.ENSEMBLES.items():  # each ensemble's members are trained by jobs
         assert set(members) <= set(quality.JOBS), name
 
 
@@ -67,10 +68,9 @@ def test_markdown_table_and_section_update(tmp_path):
 
 
 def test_epoch_cap_is_an_ablation_run_of_its_own(tmp_path):
-    config = quality.job_config("ja-en, LSTM", tmp_path, None, epochs=4)
-    pipeline = from_dict(PipelineConfig, tomllib.loads(quality.to_toml(config)))
+    pipeline = quality.job_config("ja-en, LSTM", tmp_path, epochs=4)
     assert pipeline.train.epochs == 4 and pipeline.train.average_checkpoints == 0
-    assert pipeline.run != quality.job_config("ja-en, LSTM", tmp_path, None)["run"]  # never resumes the full run
+    assert pipeline.run != quality.job_config("ja-en, LSTM", tmp_path).run  # never resumes the full run
     assert quality.label("ja-en, LSTM", 4) == "ja-en, LSTM, 4 epochs" and quality.label("ja-en", None) == "ja-en"
 
 
@@ -108,8 +108,8 @@ def test_job_list_with_commas_inside_names():
 def test_ensemble_job_needs_its_members_and_renders_a_row(tmp_path):
     assert quality.choose("en-ja, seed 2,en-ja, ensemble of 2 seeds", quality.ALL_JOBS, "job") == [
         "en-ja, seed 2", "en-ja, ensemble of 2 seeds"]
-    members, _ = quality.ENSEMBLES["en-ja, ensemble of 2 seeds"]
-    runs = [from_dict(PipelineConfig, quality.job_config(m, tmp_path, None)) for m in members]
+    members = quality.ENSEMBLES["en-ja, ensemble of 2 seeds"]
+    runs = [quality.job_config(m, tmp_path) for m in members]
     assert runs[0].run != runs[1].run and runs[0].train.seed != runs[1].train.seed
     assert runs[0].tokenize == runs[1].tokenize  # same SentencePiece models, so they can be ensembled
     with pytest.raises(StageError, match="needs the run of job 'en-ja' .*; train that job first"):
@@ -128,17 +128,17 @@ def test_a_distilled_job_trains_its_student_on_the_teacher_ensembles_translation
     name = "en-ja, 512 wide, distilled from the 512-wide ensemble"
     teacher, student = quality.DISTILLED[name]
     assert teacher in quality.ENSEMBLES and student in quality.JOBS
-    config, student_config = quality.job_config(name, tmp_path, None), quality.job_config(student, tmp_path, None)
+    config, student_config = quality.job_config(name, tmp_path), quality.job_config(student, tmp_path)
     targets = tmp_path / "en_ja_512_wide_ensemble_of_2_seeds.train.ja"  # the language stays the file's suffix
-    assert config["data"] == {**student_config["data"], "tgt": str(targets)}
-    assert {**config, "data": None, "run": None} == {**student_config, "data": None, "run": None}
-    assert config["run"] != student_config["run"]
-    assert quality.job_config(name, tmp_path, None, epochs=4)["data"]["tgt"] == str(targets)  # one full teacher
+    assert config.data == replace(student_config.data, tgt=str(targets))
+    assert replace(config, data=None, run=None) == replace(student_config, data=None, run=None)
+    assert config.run != student_config.run
+    assert quality.job_config(name, tmp_path, epochs=4).data.tgt == str(targets)  # one full teacher
     with pytest.raises(StageError, match="needs the run of job .*; train that job first"):
         quality.teacher_translations(name, tmp_path, config)
-    for member in quality.ENSEMBLES[teacher][0]:  # the teacher's members: two copies of one trained run
-        shutil.copytree(tiny_run.root, quality.job_config(member, tmp_path, None)["run"])
-    config["data"]["src"] = str(toy_corpus["dev_src"])
+    for member in quality.ENSEMBLES[teacher]:  # the teacher's members: two copies of one trained run
+        shutil.copytree(tiny_run.root, quality.job_config(member, tmp_path).run)
+    config = replace(config, data=replace(config.data, src=str(toy_corpus["dev_src"])))
     quality.teacher_translations(name, tmp_path, config)
     single = cli_in_process("translate", "--run", tiny_run.root, "-i", toy_corpus["dev_src"], "--beam", "5").stdout
     assert targets.read_text(encoding="utf-8") == single  # an ensemble of one model twice is that model
