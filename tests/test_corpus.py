@@ -57,13 +57,14 @@ def test_the_same_pairs_give_the_same_shard_bytes_in_any_process(tmp_path):
     import subprocess
     import sys
 
-    folders = [tmp_path / str(i) for i in range(4)]  # one order of three keys in six: 4 processes catch it
+    folders = [tmp_path / str(i) for i in range(4)]  # 6 orders of 3 keys: 4 processes rarely all agree
     for folder in folders:
         folder.mkdir()
     procs = [subprocess.Popen([sys.executable, "-c", _WRITE_IN_A_PROCESS, str(folder)],
                               cwd=Path(__file__).resolve().parents[1]) for folder in folders]
     assert [proc.wait() for proc in procs] == [0] * len(procs)
     assert len({(folder / "train-00000.tfrecord").read_bytes() for folder in folders}) == 1
+
 
 def _epoch(corpus, epoch, batch_size=16, end=None, min_rows=1):
     seed = epoch_seed(7, epoch)
